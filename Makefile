@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine with Python 3.11+ and make:
+#   make run    create .venv, install, serve on :5000 with embedded defaults
+#   make test   create .venv, install with test extras, run the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/python -m api
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check pipeline api tests
+	$(BIN)/ruff format --check pipeline api tests
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format pipeline api tests
+	$(BIN)/ruff check --fix pipeline api tests
+
+clean:
+	rm -rf $(VENV) data .pytest_cache
