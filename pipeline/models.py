@@ -1,0 +1,152 @@
+"""Plain values shared by every part of the pipeline.
+
+Everything here is small, immutable and picklable, because these values
+travel between the API process, the Dask driver and the workers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class RequestStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS, RequestStatus.FAILED}
+)
+
+
+class ImageStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """One validated CSV row. `row` is its 0-based position in input order."""
+
+    row: int
+    serial: str
+    name: str
+    urls: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageItem:
+    """One image to process: the unit the records and the manifest share."""
+
+    row: int
+    position: int
+    serial: str
+    product_name: str
+    input_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """What processing one image produced. A failure is data, not an exception."""
+
+    row: int
+    position: int
+    ok: bool
+    output_key: str | None = None
+    error: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    request_id: str
+    created_at: datetime
+    total_rows: int
+    total_images: int
+    source_name: str = ""
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    request_id: str
+    status: RequestStatus
+    total_rows: int
+    total_images: int
+    processed_images: int
+    failed_images: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    source_name: str = ""
+    webhook_url: str | None = None
+    output_key: str | None = None
+    error: str | None = None
+    webhook: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded_images(self) -> int:
+        return self.processed_images - self.failed_images
+
+    @property
+    def progress(self) -> float:
+        """Percent of images with a result (success or failure)."""
+        if self.total_images == 0:
+            return 100.0
+        return round(100.0 * self.processed_images / self.total_images, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    row: int
+    position: int
+    serial: str
+    product_name: str
+    input_url: str
+    status: ImageStatus
+    output_key: str | None = None
+    error: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    processed_images: int
+    failed_images: int
+
+
+def image_items(products: list[Product] | tuple[Product, ...]) -> list[ImageItem]:
+    """Flatten products into images, in input order."""
+    return [
+        ImageItem(row=p.row, position=i, serial=p.serial, product_name=p.name, input_url=url)
+        for p in products
+        for i, url in enumerate(p.urls)
+    ]
+
+
+def output_key(request_id: str, row: int, position: int) -> str:
+    """Deterministic: a task that runs twice writes the same object."""
+    return f"requests/{request_id}/images/{row:07d}-{position:03d}.jpg"
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC timestamps as ISO 8601 with a Z, the form every response uses."""
+    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -1,0 +1,140 @@
+"""One settings object, built from the environment in one place.
+
+`Settings.from_env()` is called by the entry points (the API's `get_app`,
+the CLI, the notebook); everything below them receives the object. Nothing
+reads os.environ at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Service
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept connections from other machines (containers)
+    port: int = 5000
+    data_dir: Path = Path("data")
+    api_base_url: str = ""  # the API's public address; default http://localhost:{port}
+    log_level: str = "INFO"
+
+    # Storage: any fsspec URL; default is local files under data_dir/objects
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    # Public base of stored outputs; default {api_base_url}/media for local storage,
+    # the bucket's HTTPS address for s3
+    public_base_url: str = ""
+
+    # Records: MongoDB when set, else SQLite at data_dir/records.db
+    mongodb_uri: str = ""
+    mongodb_db: str = "imagepipe"
+
+    # Dask: an existing scheduler when set, else a LocalCluster
+    dask_scheduler_address: str = ""
+    dask_workers: int = 0  # 0: one per core
+    dask_threads_per_worker: int = 2
+    dask_dashboard_address: str = ":8787"  # "" disables the dashboard
+
+    # Processing
+    jpeg_quality: int = 50
+    batch_size: int = 32
+    fetch_concurrency: int = 16
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    total_timeout: float = 30.0
+    max_redirects: int = 5
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    fetch_retries: int = 2
+    allow_private_networks: bool = False
+
+    # Upload limits
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_rows: int = 200_000
+    max_urls: int = 1_000_000
+
+    # Notifications
+    webhook_url: str = ""
+    webhook_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw.strip(), f.default)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @classmethod
+    def env_names(cls) -> frozenset[str]:
+        """Every environment variable this object reads (used to check compose files)."""
+        return frozenset(f.name.upper() for f in fields(cls))
+
+    def validate(self) -> None:
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ConfigError(f"JPEG_QUALITY must be 1..95, got {self.jpeg_quality}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"PORT must be 1..65535, got {self.port}")
+        for name in ("batch_size", "fetch_concurrency", "dask_threads_per_worker"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
+        for name in ("connect_timeout", "read_timeout", "total_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive")
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_base_url or f"http://localhost:{self.port}").rstrip("/")
+
+    @property
+    def is_local_storage(self) -> bool:
+        return not self.storage_url or self.storage_url.startswith(("file://", "/"))
+
+    @property
+    def media_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"{self.base_url}/media" if self.is_local_storage else ""
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "objects").resolve().as_uri()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "records.db"
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            lowered = raw.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        kind = type(default).__name__
+        raise ConfigError(f"{name.upper()}={raw!r} is not a valid {kind}") from exc
