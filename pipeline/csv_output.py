@@ -1,0 +1,59 @@
+"""Build the output CSV from the image records. Pure: records in, rows and bytes out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
+
+from pipeline.models import ImageRecord, ImageStatus
+
+OUTPUT_COLUMNS = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
+
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV
+# injection"); a leading quote makes it text. A serial such as "-1" is changed too:
+# acceptable, since it cannot be told apart from "-1+cmd|..." in general.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
+def output_csv_rows(
+    images: Iterable[ImageRecord], url_for: Callable[[str], str]
+) -> Iterator[list[str]]:
+    """The header, then one row per product in input order.
+
+    `images` must be ordered by row (as the record stores return them). Output
+    URLs line up with the input URLs; a failed image leaves an empty slot.
+    """
+    yield list(OUTPUT_COLUMNS)
+    for _, group in itertools.groupby(images, key=attrgetter("row")):
+        product = sorted(group, key=attrgetter("position"))
+        first = product[0]
+        inputs = ",".join(image.input_url for image in product)
+        # Only a finished image has an object to link to; anything else stays empty.
+        outputs = ",".join(
+            url_for(image.output_key)
+            if image.status is ImageStatus.DONE and image.output_key
+            else ""
+            for image in product
+        )
+        yield [neutralise(cell) for cell in (first.serial, first.product_name, inputs, outputs)]
+
+
+def render_csv(rows: Iterable[list[str]], rows_per_chunk: int = 1000) -> Iterator[bytes]:
+    """UTF-8 CSV bytes in chunks of `rows_per_chunk` rows, so a large file streams."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    for count, row in enumerate(rows, 1):
+        writer.writerow(row)
+        if count % rows_per_chunk == 0:
+            yield buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue().encode("utf-8")
