@@ -1,0 +1,395 @@
+"""The embedded record store: one SQLite file, safe to share between threads.
+
+waitress API threads read while Dask driver threads write, so every thread
+gets its own connection (`threading.local`); WAL mode lets those readers run
+while a writer holds the lock, and `busy_timeout` makes writers queue instead
+of failing. Every write is one explicit `BEGIN IMMEDIATE` transaction, taken
+before the first read, so no two writers interleave their read-then-write.
+
+Timestamps are ISO-8601 UTC text of fixed width with millisecond precision
+(the same precision MongoDB keeps), so they sort as text and both backends
+return equal values.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import RecordStoreError, RequestNotFound
+from pipeline.models import (
+    Counters,
+    ImageItem,
+    ImageRecord,
+    ImageResult,
+    ImageStatus,
+    NewRequest,
+    RequestRecord,
+    RequestStatus,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id       TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    total_rows       INTEGER NOT NULL,
+    total_images     INTEGER NOT NULL,
+    processed_images INTEGER NOT NULL DEFAULT 0,
+    failed_images    INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    started_at       TEXT,
+    completed_at     TEXT,
+    source_name      TEXT NOT NULL DEFAULT '',
+    webhook_url      TEXT,
+    output_key       TEXT,
+    error            TEXT,
+    webhook          TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (created_at, request_id)
+    WHERE status IN ('pending', 'processing');
+CREATE TABLE IF NOT EXISTS images (
+    request_id   TEXT NOT NULL,
+    row          INTEGER NOT NULL,
+    position     INTEGER NOT NULL,
+    serial       TEXT NOT NULL,
+    product_name TEXT NOT NULL,
+    input_url    TEXT NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending',
+    output_key   TEXT,
+    error        TEXT,
+    bytes_in     INTEGER,
+    bytes_out    INTEGER,
+    width        INTEGER,
+    height       INTEGER,
+    UNIQUE (request_id, row, position)
+);
+CREATE INDEX IF NOT EXISTS images_pending ON images (request_id, row, position)
+    WHERE status = 'pending';
+"""
+
+# The predicate must match the partial index's text for SQLite to use it.
+_UNFINISHED = "status IN ('pending', 'processing')"
+_IMAGE_COLUMNS = (
+    "row, position, serial, product_name, input_url, status,"
+    " output_key, error, bytes_in, bytes_out, width, height"
+)
+
+
+class SqliteRecordStore:
+    """`RecordStore` on a SQLite file. It must be a file: with a connection per thread,
+    ":memory:" would give every thread its own empty database."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0):
+        if str(path) in ("", ":memory:"):
+            raise ValueError(
+                "SqliteRecordStore needs a file path, not a private temporary database"
+            )
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._closed = False
+        with _wrap_errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            # journal_mode is persistent in the file, so setting it once is enough.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+
+    # -- requests -------------------------------------------------------------
+    def create_request(self, request: NewRequest) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO requests (request_id, status, total_rows, total_images,"
+                " created_at, updated_at, source_name, webhook_url)"
+                " VALUES (:id, 'pending', :rows, :images, :at, :at, :source, :webhook_url)",
+                {
+                    "id": request.request_id,
+                    "rows": request.total_rows,
+                    "images": request.total_images,
+                    "at": _ts(request.created_at),
+                    "source": request.source_name,
+                    "webhook_url": request.webhook_url,
+                },
+            )
+
+    def get_request(self, request_id: str) -> RequestRecord | None:
+        rows = self._read("SELECT * FROM requests WHERE request_id = ?", (request_id,))
+        return _request_record(rows[0]) if rows else None
+
+    def mark_processing(self, request_id: str, at: datetime) -> None:
+        # A final request stays final: resuming after a restart must not reopen it.
+        with self._write() as conn:
+            self._require(conn, request_id)
+            conn.execute(
+                "UPDATE requests SET status = 'processing',"
+                " started_at = COALESCE(started_at, :at), updated_at = :at"
+                f" WHERE request_id = :id AND {_UNFINISHED}",
+                {"at": _ts(at), "id": request_id},
+            )
+
+    def finish(
+        self,
+        request_id: str,
+        status: RequestStatus,
+        at: datetime,
+        *,
+        output_key: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        params = {"status": RequestStatus(status).value, "at": _ts(at), "id": request_id}
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE requests SET status = :status, completed_at = :at, updated_at = :at,"
+                " output_key = :output_key, error = :error WHERE request_id = :id",
+                params | {"output_key": output_key, "error": error},
+            )
+            if cursor.rowcount == 0:
+                raise RequestNotFound(request_id)
+
+    def set_webhook_state(self, request_id: str, state: dict[str, Any]) -> None:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE requests SET webhook = ? WHERE request_id = ?",
+                (json.dumps(state), request_id),
+            )
+            if cursor.rowcount == 0:
+                raise RequestNotFound(request_id)
+
+    def unfinished_requests(self) -> list[str]:
+        rows = self._read(
+            f"SELECT request_id FROM requests WHERE {_UNFINISHED} ORDER BY created_at, request_id"
+        )
+        return [r["request_id"] for r in rows]
+
+    # -- images ---------------------------------------------------------------
+    def add_images(self, request_id: str, items: Sequence[ImageItem]) -> int:
+        rows = (
+            (request_id, i.row, i.position, i.serial, i.product_name, i.input_url) for i in items
+        )
+        with self._write() as conn:
+            self._require(conn, request_id)
+            cursor = conn.executemany(
+                "INSERT OR IGNORE INTO images"
+                " (request_id, row, position, serial, product_name, input_url)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return max(cursor.rowcount, 0)
+
+    def apply_results(
+        self, request_id: str, results: Sequence[ImageResult], at: datetime
+    ) -> Counters:
+        # Only pending images match, so a retried batch changes (and counts) nothing twice.
+        update = (
+            "UPDATE images SET status = :status, output_key = :output_key, error = :error,"
+            " bytes_in = :bytes_in, bytes_out = :bytes_out, width = :width, height = :height"
+            " WHERE request_id = :request_id AND row = :row AND position = :position"
+            " AND status = 'pending'"
+        )
+        unique = _first_per_image(results)
+        at_text = _ts(at)
+        with self._write() as conn:
+            # Successes and failures run apart so each rowcount says how many of that
+            # kind actually left `pending`.
+            changed = {}
+            for ok in (True, False):
+                params = (_result_params(request_id, r) for r in unique if r.ok is ok)
+                changed[ok] = max(conn.executemany(update, params).rowcount, 0)
+            processed, failed = changed[True] + changed[False], changed[False]
+            if processed:
+                conn.execute(
+                    "UPDATE requests SET processed_images = processed_images + ?,"
+                    " failed_images = failed_images + ?, updated_at = ? WHERE request_id = ?",
+                    (processed, failed, at_text, request_id),
+                )
+            return self._counters(conn, request_id)
+
+    def list_images(self, request_id: str, row_start: int, row_end: int) -> list[ImageRecord]:
+        rows = self._read(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?"
+            " AND row >= ? AND row < ? ORDER BY row, position",
+            (request_id, row_start, row_end),
+        )
+        return [_image_record(r) for r in rows]
+
+    def iter_images(self, request_id: str, batch_size: int = 5000) -> Iterator[ImageRecord]:
+        # Keyset pagination: each chunk starts after the last key seen, via the unique
+        # index, and is fetched whole, so no read transaction stays open across a yield
+        # (an open one would pin the WAL and stop checkpoints while the caller is slow).
+        after = (-1, -1)
+        while True:
+            rows = self._read(
+                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?"
+                " AND (row, position) > (?, ?) ORDER BY row, position LIMIT ?",
+                (request_id, *after, batch_size),
+            )
+            yield from (_image_record(r) for r in rows)
+            if len(rows) < batch_size:
+                return
+            after = (rows[-1]["row"], rows[-1]["position"])
+
+    def pending_images(self, request_id: str) -> list[tuple[int, int]]:
+        rows = self._read(
+            "SELECT row, position FROM images WHERE request_id = ? AND status = 'pending'"
+            " ORDER BY row, position",
+            (request_id,),
+        )
+        return [(r["row"], r["position"]) for r in rows]
+
+    def recount(self, request_id: str) -> Counters:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE requests SET"
+                " processed_images = (SELECT count(*) FROM images"
+                "   WHERE request_id = :id AND status != 'pending'),"
+                " failed_images = (SELECT count(*) FROM images"
+                "   WHERE request_id = :id AND status = 'failed')"
+                " WHERE request_id = :id",
+                {"id": request_id},
+            )
+            return self._counters(conn, request_id)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for _, conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    # -- plumbing -------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RecordStoreError(f"record store {self.path} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN ourselves. check_same_thread=False
+            # only so close() and the reaper below can close another thread's connection.
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # NORMAL is durable in WAL mode except for the last commits on power loss.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                # Driver threads come and go (one per request): close what dead ones left.
+                for thread, other in self._connections:
+                    if not thread.is_alive():
+                        other.close()
+                self._connections = [
+                    *((t, c) for t, c in self._connections if t.is_alive()),
+                    (threading.current_thread(), conn),
+                ]
+        return conn
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with _wrap_errors():
+            return self._conn().execute(sql, params).fetchall()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with _wrap_errors():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                # Also after a failed COMMIT, which leaves the transaction open.
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+
+    @staticmethod
+    def _require(conn: sqlite3.Connection, request_id: str) -> None:
+        if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone():
+            return
+        raise RequestNotFound(request_id)
+
+    @staticmethod
+    def _counters(conn: sqlite3.Connection, request_id: str) -> Counters:
+        row = conn.execute(
+            "SELECT processed_images, failed_images FROM requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            raise RequestNotFound(request_id)
+        return Counters(row["processed_images"], row["failed_images"])
+
+
+@contextmanager
+def _wrap_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise RecordStoreError(f"SQLite record store failed: {exc}") from exc
+
+
+def _first_per_image(results: Sequence[ImageResult]) -> list[ImageResult]:
+    """Keep the first result of each image, so a batch with duplicates counts once."""
+    return list({(r.row, r.position): r for r in reversed(results)}.values())
+
+
+def _result_params(request_id: str, result: ImageResult) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "row": result.row,
+        "position": result.position,
+        "status": (ImageStatus.DONE if result.ok else ImageStatus.FAILED).value,
+        "output_key": result.output_key,
+        "error": result.error,
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "width": result.width,
+        "height": result.height,
+    }
+
+
+def _ts(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: pass a timezone-aware UTC datetime")
+    return at.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _dt_or_none(text: str | None) -> datetime | None:
+    return None if text is None else _dt(text)
+
+
+def _request_record(row: sqlite3.Row) -> RequestRecord:
+    return RequestRecord(
+        request_id=row["request_id"],
+        status=RequestStatus(row["status"]),
+        total_rows=row["total_rows"],
+        total_images=row["total_images"],
+        processed_images=row["processed_images"],
+        failed_images=row["failed_images"],
+        created_at=_dt(row["created_at"]),
+        updated_at=_dt(row["updated_at"]),
+        started_at=_dt_or_none(row["started_at"]),
+        completed_at=_dt_or_none(row["completed_at"]),
+        source_name=row["source_name"],
+        webhook_url=row["webhook_url"],
+        output_key=row["output_key"],
+        error=row["error"],
+        webhook=json.loads(row["webhook"]),
+    )
+
+
+def _image_record(row: sqlite3.Row) -> ImageRecord:
+    values = dict(zip(row.keys(), row, strict=True))
+    values["status"] = ImageStatus(values["status"])
+    return ImageRecord(**values)
