@@ -1,0 +1,130 @@
+"""Object storage on fsspec: local files by default, S3 (or any fsspec URL) by configuration.
+
+A `StorageConfig` is small and picklable, so Dask tasks carry it and build
+their own `Storage` on the worker; the filesystem object itself never
+travels. fsspec caches filesystem instances per process, so building one per
+task is cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import quote
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from pipeline.errors import ConfigError, StorageError
+
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str  # root, e.g. file:///srv/data/objects or s3://bucket/prefix
+    public_base_url: str = ""  # where stored objects are fetched from by users
+    options_json: str = "{}"  # fsspec storage options, JSON so the config stays hashable
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return json.loads(self.options_json)
+
+
+class Storage:
+    def __init__(self, config: StorageConfig, fs: fsspec.AbstractFileSystem | None = None):
+        self.config = config
+        options = config.options
+        if fs is None:
+            try:
+                fs, root = url_to_fs(config.url, **options)
+            except (ImportError, ValueError) as exc:
+                raise ConfigError(f"cannot use storage URL {config.url!r}: {exc}") from exc
+        else:
+            root = fs._strip_protocol(config.url)
+        self.fs = fs
+        self.root = root.rstrip("/")
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.protocol = protocol
+        if not self.is_local and not config.public_base_url and protocol not in ("s3", "s3a"):
+            raise ConfigError(
+                f"set PUBLIC_BASE_URL: there is no default public URL for {protocol}:// storage"
+            )
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol in LOCAL_PROTOCOLS
+
+    def path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid storage key {key!r}")
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            if self.is_local:
+                self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe_file(self.path(key), data)
+        except OSError as exc:
+            raise StorageError(f"could not write {key}: {exc}") from exc
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write a large object without holding it in memory."""
+        try:
+            with self.open(key, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+        except OSError as exc:
+            raise StorageError(f"could not write {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"could not read {key}: {exc}") from exc
+
+    def open(self, key: str, mode: str = "rb") -> IO[bytes]:
+        if "w" in mode and self.is_local:
+            self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
+        return self.fs.open(self.path(key), mode)
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def url(self, key: str) -> str:
+        """The public URL of a stored object, as users will fetch it."""
+        base = self.config.public_base_url.rstrip("/")
+        if base:
+            return f"{base}/{quote(key)}"
+        # s3: the bucket's own HTTPS address (or the S3-compatible endpoint's)
+        endpoint = self.config.options.get("client_kwargs", {}).get("endpoint_url")
+        bucket, _, prefix = self.root.partition("/")
+        path = f"{prefix}/{key}" if prefix else key
+        if endpoint:
+            return f"{endpoint.rstrip('/')}/{bucket}/{quote(path)}"
+        return f"https://{bucket}.s3.amazonaws.com/{quote(path)}"
+
+
+@functools.lru_cache(maxsize=8)
+def storage_for(config: StorageConfig) -> Storage:
+    """One Storage per config per process (workers build theirs from the task's config)."""
+    return Storage(config)
+
+
+def storage_config(
+    storage_url: str, public_base_url: str, s3_endpoint_url: str = ""
+) -> StorageConfig:
+    options: dict[str, Any] = {}
+    if storage_url.startswith(("s3://", "s3a://")) and s3_endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
+    return StorageConfig(
+        url=storage_url, public_base_url=public_base_url, options_json=json.dumps(options)
+    )
