@@ -1,0 +1,214 @@
+"""The driver: submits a request's Dask graph and writes its results back.
+
+For each request one driver thread in the API process:
+1. marks it processing and submits the stage task (CSV -> Parquet manifest);
+2. records the manifest's images (idempotent) and submits one task per row
+   group that still has pending images, with explicit keys and retries;
+3. consumes results with `as_completed(...).batches()` and applies each
+   group of results to the record store in one write;
+4. writes the output CSV, sets the final status and notifies.
+
+Re-running a request (after a restart) redoes only images without a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from distributed import Client, as_completed
+
+from pipeline import manifest, tasks
+from pipeline.csv_input import CsvLimits
+from pipeline.csv_output import output_csv_rows, render_csv
+from pipeline.models import ImageResult, RequestStatus
+from pipeline.notify import WebhookNotifier, completion_event
+from pipeline.records.base import RecordStore
+from pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Runner:
+    def __init__(
+        self,
+        client: Client,
+        store: RecordStore,
+        storage: Storage,
+        job_spec: Callable[[str], tasks.JobSpec],
+        *,
+        batch_size: int,
+        limits: CsvLimits,
+        notifier: WebhookNotifier,
+        api_base_url: str,
+        default_webhook_url: str = "",
+        clock: Clock = utc_now,
+    ):
+        self.client = client
+        self.store = store
+        self.storage = storage
+        self.job_spec = job_spec
+        self.batch_size = batch_size
+        self.limits = limits
+        self.notifier = notifier
+        self.api_base_url = api_base_url.rstrip("/")
+        self.default_webhook_url = default_webhook_url
+        self.clock = clock
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    # -- public -------------------------------------------------------------
+    def submit(self, request_id: str) -> None:
+        """Start processing in the background; returns at once."""
+        with self._lock:
+            running = self._threads.get(request_id)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(
+                target=self.run, args=(request_id,), name=f"driver-{request_id}", daemon=True
+            )
+            self._threads[request_id] = thread
+        thread.start()
+
+    def wait(self, request_id: str, timeout: float | None = None) -> bool:
+        thread = self._threads.get(request_id)
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def resume_unfinished(self) -> list[str]:
+        """Pick up requests a previous process left pending or processing."""
+        ids = self.store.unfinished_requests()
+        for request_id in ids:
+            log.info("resuming unfinished request %s", request_id)
+            self.submit(request_id)
+        return ids
+
+    def status_url(self, request_id: str) -> str:
+        return f"{self.api_base_url}/api/v1/status/{request_id}"
+
+    def output_csv_url(self, request_id: str) -> str:
+        return f"{self.api_base_url}/api/v1/output/{request_id}.csv"
+
+    def run(self, request_id: str) -> None:
+        """Process one request to a final status, then notify. Never raises."""
+        try:
+            if not self._process(request_id):
+                return
+        except Exception as exc:
+            log.exception("request %s failed", request_id)
+            self.store.finish(
+                request_id, RequestStatus.FAILED, self.clock(), error=f"{type(exc).__name__}: {exc}"
+            )
+        try:
+            self._notify(request_id)
+        except Exception:
+            log.exception("notifying for request %s failed", request_id)
+
+    # -- steps --------------------------------------------------------------
+    def _process(self, request_id: str) -> bool:
+        """Returns False when there was nothing to do (unknown or already final)."""
+        record = self.store.get_request(request_id)
+        if record is None or record.status.is_final:
+            return False
+        self.store.mark_processing(request_id, self.clock())
+        spec = self.job_spec(request_id)
+        stage = self.client.submit(
+            tasks.stage_manifest,
+            spec,
+            self.batch_size,
+            self.limits,
+            key=f"stage-manifest-{request_id}",
+            retries=2,
+        )
+        info: manifest.ManifestInfo = stage.result()
+        stage.release()
+        items = manifest.read_all(self.storage, info.key)
+        self.store.add_images(request_id, items)
+
+        position_in_manifest = {(i.row, i.position): n for n, i in enumerate(items)}
+        pending_by_batch: dict[int, set[tuple[int, int]]] = defaultdict(set)
+        for image in self.store.pending_images(request_id):
+            batch = manifest.batch_of(position_in_manifest[image], info.batch_size)
+            pending_by_batch[batch].add(image)
+        futures = {}
+        for batch, pending in sorted(pending_by_batch.items()):
+            whole = len(pending) == min(info.batch_size, info.images - batch * info.batch_size)
+            future = self.client.submit(
+                tasks.process_batch,
+                spec,
+                info.key,
+                batch,
+                None if whole else frozenset(pending),
+                key=f"process-batch-{request_id}-{batch}",
+                retries=2,
+            )
+            futures[future] = pending
+        self._collect(request_id, futures)
+        self._complete(request_id)
+        return True
+
+    def _collect(self, request_id: str, futures: dict) -> None:
+        for group in as_completed(futures, with_results=True, raise_errors=False).batches():
+            results: list[ImageResult] = []
+            for future, value in group:
+                if future.status == "finished":
+                    results.extend(value)
+                else:
+                    # The whole batch failed after its retries (e.g. workers kept dying):
+                    # each of its images gets the reason, and the request still finishes.
+                    reason = f"batch task failed: {_describe(value)}"
+                    results.extend(
+                        ImageResult(row, position, ok=False, error=reason)
+                        for row, position in futures[future]
+                    )
+                future.release()
+            self.store.apply_results(request_id, results, self.clock())
+
+    def _complete(self, request_id: str) -> None:
+        counters = self.store.recount(request_id)
+        key = tasks.output_csv_key(request_id)
+        rows = output_csv_rows(self.store.iter_images(request_id), self.storage.url)
+        self.storage.put_chunks(key, render_csv(rows))
+        status = (
+            RequestStatus.COMPLETED
+            if counters.failed_images == 0
+            else RequestStatus.COMPLETED_WITH_ERRORS
+        )
+        self.store.finish(request_id, status, self.clock(), output_key=key)
+        log.info(
+            "request %s %s: %d images, %d failed",
+            request_id,
+            status,
+            counters.processed_images,
+            counters.failed_images,
+        )
+
+    def _notify(self, request_id: str) -> None:
+        record = self.store.get_request(request_id)
+        if record is None or not record.status.is_final:
+            return
+        url = record.webhook_url or self.default_webhook_url
+        if not url:
+            return
+        output = self.output_csv_url(request_id) if record.output_key else None
+        event = completion_event(
+            record, status_url=self.status_url(request_id), output_csv_url=output
+        )
+        self.store.set_webhook_state(request_id, self.notifier.deliver(url, event))
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        exc = value[1]
+        return f"{type(exc).__name__}: {exc}"
+    return repr(value)

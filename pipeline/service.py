@@ -1,0 +1,130 @@
+"""Build the real objects from Settings, and say what each component is.
+
+The API's `get_app`, the CLI and the notebook all start here, so the laptop
+defaults and the cluster configuration are the same code with different
+environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from distributed import Client
+
+from pipeline.cluster import close_client, start_client
+from pipeline.csv_input import CsvLimits
+from pipeline.fetch import FetchConfig
+from pipeline.notify import WebhookNotifier
+from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
+from pipeline.runner import Runner
+from pipeline.settings import Settings
+from pipeline.storage import Storage, storage_config
+from pipeline.tasks import JobSpec
+
+log = logging.getLogger("imagepipe")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: RecordStore
+    storage: Storage
+    client: Client
+    runner: Runner
+    descriptions: dict[str, str]
+
+    def close(self) -> None:
+        close_client(self.client)
+        self.store.close()
+
+
+def open_store(settings: Settings) -> tuple[RecordStore, str]:
+    if settings.mongodb_uri:
+        store = MongoRecordStore.from_uri(settings.mongodb_uri, settings.mongodb_db)
+        return store, f"records: MongoDB database {settings.mongodb_db!r}"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteRecordStore(settings.sqlite_path), (
+        f"records: SQLite at {settings.sqlite_path} "
+        "(set MONGODB_URI=mongodb://host:27017 to use MongoDB)"
+    )
+
+
+def open_storage(settings: Settings) -> tuple[Storage, str]:
+    config = storage_config(
+        settings.resolved_storage_url, settings.media_base_url, settings.s3_endpoint_url
+    )
+    storage = Storage(config)
+    hint = " (set STORAGE_URL=s3://bucket/prefix to use S3)" if storage.is_local else ""
+    return storage, f"storage: {config.url}, outputs served at {storage.url('')}{hint}"
+
+
+def csv_limits(settings: Settings) -> CsvLimits:
+    return replace(
+        CsvLimits(),
+        max_bytes=settings.max_upload_bytes,
+        max_rows=settings.max_rows,
+        max_urls=settings.max_urls,
+    )
+
+
+def fetch_config(settings: Settings) -> FetchConfig:
+    return FetchConfig(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        total_timeout=settings.total_timeout,
+        max_redirects=settings.max_redirects,
+        max_bytes=settings.max_image_bytes,
+        retries=settings.fetch_retries,
+        allow_private_networks=settings.allow_private_networks,
+    )
+
+
+def build_services(settings: Settings, *, client: Client | None = None) -> Services:
+    descriptions: dict[str, str] = {}
+    store, descriptions["records"] = open_store(settings)
+    storage, descriptions["storage"] = open_storage(settings)
+    if client is None:
+        client, descriptions["dask"] = start_client(settings)
+    else:
+        descriptions["dask"] = f"dask: given client, dashboard {client.dashboard_link}"
+    fetch = fetch_config(settings)
+
+    def job_spec(request_id: str) -> JobSpec:
+        return JobSpec(
+            request_id=request_id,
+            storage=storage.config,
+            fetch=fetch,
+            quality=settings.jpeg_quality,
+            max_pixels=settings.max_pixels,
+            fetch_concurrency=settings.fetch_concurrency,
+        )
+
+    runner = Runner(
+        client,
+        store,
+        storage,
+        job_spec,
+        batch_size=settings.batch_size,
+        limits=csv_limits(settings),
+        notifier=WebhookNotifier(
+            timeout=settings.webhook_timeout,
+            allow_private_networks=settings.allow_private_networks,
+        ),
+        api_base_url=settings.base_url,
+        default_webhook_url=settings.webhook_url,
+    )
+    descriptions["webhook"] = (
+        f"webhook: {settings.webhook_url}"
+        if settings.webhook_url
+        else "webhook: none by default (set WEBHOOK_URL, or send webhook_url with an upload)"
+    )
+    descriptions["network"] = (
+        "network: WARNING private and loopback addresses allowed (ALLOW_PRIVATE_NETWORKS=1)"
+        if settings.allow_private_networks
+        else "network: only public addresses are fetched "
+        "(ALLOW_PRIVATE_NETWORKS=1 for trusted networks)"
+    )
+    for line in descriptions.values():
+        log.info(line)
+    return Services(settings, store, storage, client, runner, descriptions)

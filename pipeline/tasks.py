@@ -1,0 +1,103 @@
+"""The functions Dask runs on workers. Inputs are small descriptors.
+
+Each task builds what it needs (storage, HTTP pool) from a picklable
+`JobSpec`, reads its own slice of the manifest from shared storage, and
+returns plain results; it never touches the record store (only the driver
+writes records). A failure of one image is an `ImageResult(ok=False)`; only
+a failure of the whole batch (manifest unreadable) raises, so Dask retries
+it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from pipeline import manifest
+from pipeline.csv_input import CsvLimits, parse_products
+from pipeline.errors import FetchError, ImageRejected, StorageError
+from pipeline.fetch import FetchConfig, Fetcher
+from pipeline.models import ImageItem, ImageResult, image_items, output_key
+from pipeline.storage import StorageConfig, storage_for
+from pipeline.transform import compress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    request_id: str
+    storage: StorageConfig
+    fetch: FetchConfig
+    quality: int = 50
+    max_pixels: int = 50_000_000
+    fetch_concurrency: int = 16
+
+
+def input_csv_key(request_id: str) -> str:
+    return f"requests/{request_id}/input.csv"
+
+
+def output_csv_key(request_id: str) -> str:
+    return f"requests/{request_id}/output.csv"
+
+
+def stage_manifest(spec: JobSpec, batch_size: int, limits: CsvLimits) -> manifest.ManifestInfo:
+    """CSV on storage -> validated products -> Parquet manifest on storage."""
+    storage = storage_for(spec.storage)
+    products = parse_products(storage.get(input_csv_key(spec.request_id)), limits)
+    key = manifest.manifest_key(spec.request_id)
+    return manifest.write_manifest(storage, key, image_items(products), batch_size)
+
+
+def process_batch(
+    spec: JobSpec, manifest_key: str, batch: int, only: frozenset[tuple[int, int]] | None = None
+) -> list[ImageResult]:
+    """Download, compress and store one batch; `only` limits it to images still pending."""
+    storage = storage_for(spec.storage)
+    items = manifest.read_batch(storage, manifest_key, batch)
+    if only is not None:
+        items = [i for i in items if (i.row, i.position) in only]
+    if not items:
+        return []
+    fetcher = Fetcher(spec.fetch)
+    # Downloads overlap (network latency hidden); compression happens here, in
+    # the task's thread, so CPU parallelism stays what the worker was sized for.
+    with ThreadPoolExecutor(max_workers=min(spec.fetch_concurrency, len(items))) as pool:
+        downloads = {pool.submit(_download, fetcher, item.input_url): item for item in items}
+        return [_finish(spec, downloads[done], done.result()) for done in as_completed(downloads)]
+
+
+def _download(fetcher: Fetcher, url: str) -> bytes | FetchError:
+    try:
+        return fetcher.fetch(url)
+    except FetchError as exc:
+        return exc
+
+
+def _finish(spec: JobSpec, item: ImageItem, downloaded: bytes | FetchError) -> ImageResult:
+    def failed(reason: str, bytes_in: int | None = None) -> ImageResult:
+        return ImageResult(item.row, item.position, ok=False, error=reason, bytes_in=bytes_in)
+
+    if isinstance(downloaded, FetchError):
+        return failed(f"download failed: {downloaded.reason}")
+    try:
+        image = compress(downloaded, quality=spec.quality, max_pixels=spec.max_pixels)
+    except ImageRejected as exc:
+        return failed(exc.reason, len(downloaded))
+    key = output_key(spec.request_id, item.row, item.position)
+    try:
+        storage_for(spec.storage).put(key, image.data)
+    except StorageError as exc:
+        return failed(f"storage write failed: {exc}", len(downloaded))
+    return ImageResult(
+        item.row,
+        item.position,
+        ok=True,
+        output_key=key,
+        bytes_in=len(downloaded),
+        bytes_out=len(image.data),
+        width=image.width,
+        height=image.height,
+    )
