@@ -1,0 +1,64 @@
+"""The Falcon application factory.
+
+`create_app` receives every collaborator (tests pass fakes or real ones);
+`get_app` reads the environment and builds the real objects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import falcon
+
+from api import errors
+from api.resources import Health, Media, OutputCsv, RequestStatusResource, Uploads
+from pipeline.records.base import RecordStore
+from pipeline.runner import Clock, utc_now
+from pipeline.settings import Settings
+from pipeline.storage import Storage
+
+
+class Submitter:  # what the API needs of the runner
+    def submit(self, request_id: str) -> None: ...
+
+
+def new_request_id() -> str:
+    # 128 random bits: unguessable, so an id works as a capability to read a request.
+    return uuid.uuid4().hex
+
+
+def create_app(
+    settings: Settings,
+    store: RecordStore,
+    storage: Storage,
+    runner: Submitter,
+    *,
+    health: Callable[[], dict] | None = None,
+    clock: Clock = utc_now,
+    new_id: Callable[[], str] = new_request_id,
+) -> falcon.App:
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = True
+    # Uploads are read from the part's stream, not buffered whole by Falcon.
+    app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options.max_body_part_count = 16
+
+    uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id)
+    status = RequestStatusResource(store, storage, base_url=settings.base_url)
+    for prefix in ("/api/v1/upload", "/api/images/upload"):  # the second: seed clients
+        app.add_route(prefix, uploads)
+    for prefix in ("/api/v1/status/{request_id}", "/api/status/{request_id}"):
+        app.add_route(prefix, status)
+    app.add_route("/api/v1/output/{request_id}.csv", OutputCsv(store, storage))
+    app.add_route("/health", Health(health or (lambda: {})))
+    if storage.is_local:
+        app.add_route("/media/{key:path}", Media(storage))
+    errors.register(app)
+    return app
+
+
+def get_app() -> falcon.App:
+    """Entry point for WSGI servers: build everything from the environment."""
+    from api.serve import build_from_env
+
+    return build_from_env()[0]

@@ -1,0 +1,68 @@
+"""Serve the API with waitress: `python -m api` (what `make run` does)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import falcon
+import waitress
+
+from api.app import create_app
+from pipeline.service import Services, build_services
+from pipeline.settings import Settings
+
+log = logging.getLogger("imagepipe")
+
+
+def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Services]:
+    settings = settings or Settings.from_env()
+    services = build_services(settings)
+
+    def health() -> dict:
+        info = (
+            services.client.scheduler_info(n_workers=-1)
+            if services.client.status == "running"
+            else {}
+        )
+        return {
+            "records": services.descriptions["records"],
+            "storage": services.descriptions["storage"],
+            "dask": {
+                "status": services.client.status,
+                "workers": len(info.get("workers", {})),
+                "dashboard": services.client.dashboard_link,
+            },
+        }
+
+    app = create_app(settings, services.store, services.storage, services.runner, health=health)
+    return app, services
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # SIGTERM (docker stop, CI teardown) exits through `finally`, closing the cluster cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app, services = build_from_env(settings)
+    host = settings.host
+    try:
+        resumed = services.runner.resume_unfinished()
+        if resumed:
+            log.info("resumed %d unfinished request(s)", len(resumed))
+        log.info("api: listening on http://%s:%d (HOST, PORT)", host, settings.port)
+        waitress.serve(
+            app,
+            host=host,
+            port=settings.port,
+            threads=8,
+            # waitress refuses bigger bodies itself, before buffering them whole
+            max_request_body_size=settings.max_upload_bytes + 64 * 1024,
+            ident="imagepipe",
+            _quiet=True,
+        )
+    finally:
+        services.close()
