@@ -1,0 +1,105 @@
+"""Run the real service (`python -m api`, waitress + Dask) as a subprocess on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import urllib3
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Service:
+    def __init__(self, data_dir: Path, **env: str):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"service-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "DATA_DIR": str(data_dir),
+            "ALLOW_PRIVATE_NETWORKS": "1",
+            "DASK_WORKERS": "1",
+            "DASK_THREADS_PER_WORKER": "2",
+            "DASK_DASHBOARD_ADDRESS": "",
+            **env,
+        }
+        self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=30))
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> Service:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "api"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if self.get("/health").status == 200:
+                    return self
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"service did not become healthy in {timeout}s:\n{self.logs()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path_or_url: str) -> urllib3.BaseHTTPResponse:
+        url = path_or_url if path_or_url.startswith("http") else self.base_url + path_or_url
+        return self.http.request("GET", url)
+
+    def get_json(self, path: str) -> dict:
+        response = self.get(path)
+        assert response.status == 200, (response.status, response.data)
+        return json.loads(response.data)
+
+    def upload(
+        self, csv: bytes, path: str = "/api/v1/upload", **fields: str
+    ) -> urllib3.BaseHTTPResponse:
+        """What `curl -F file=@products.csv URL` sends."""
+        form = {"file": ("products.csv", csv, "text/csv"), **fields}
+        return self.http.request("POST", self.base_url + path, fields=form)
+
+    def wait_final(
+        self, request_id: str, timeout: float = 180.0, path: str = "/api/v1/status/"
+    ) -> tuple[dict, list[dict]]:
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.get_json(path + request_id)
+            seen.append(status)
+            if status["status"] in ("completed", "completed_with_errors", "failed"):
+                return status, seen
+            time.sleep(0.2)
+        raise AssertionError(
+            f"request {request_id} not final after {timeout}s: {seen[-1]}\n{self.logs()}"
+        )
