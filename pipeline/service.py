@@ -52,7 +52,11 @@ def open_store(settings: Settings) -> tuple[RecordStore, str]:
 
 def open_storage(settings: Settings) -> tuple[Storage, str]:
     config = storage_config(
-        settings.resolved_storage_url, settings.media_base_url, settings.s3_endpoint_url
+        settings.resolved_storage_url,
+        settings.media_base_url,
+        settings.s3_endpoint_url,
+        url_mode=settings.output_url_mode,
+        presign_expires=settings.presign_expires,
     )
     storage = Storage(config)
     hint = " (set STORAGE_URL=s3://bucket/prefix to use S3)" if storage.is_local else ""

@@ -33,6 +33,10 @@ class Settings:
     # Public base of stored outputs; default {api_base_url}/media for local storage,
     # the bucket's HTTPS address for s3
     public_base_url: str = ""
+    # Output URLs on s3: "public" (PUBLIC_BASE_URL or the bucket's address; the
+    # bucket must allow reads) or "presigned" (private bucket, URLs that expire)
+    output_url_mode: str = "public"
+    presign_expires: int = 7 * 24 * 3600  # the longest SigV4 allows
 
     # Records: MongoDB when set, else SQLite at data_dir/records.db
     mongodb_uri: str = ""
@@ -87,6 +91,12 @@ class Settings:
     def validate(self) -> None:
         if not 1 <= self.jpeg_quality <= 95:
             raise ConfigError(f"JPEG_QUALITY must be 1..95, got {self.jpeg_quality}")
+        if self.output_url_mode not in ("public", "presigned"):
+            raise ConfigError(
+                f"OUTPUT_URL_MODE must be 'public' or 'presigned', got {self.output_url_mode!r}"
+            )
+        if not 1 <= self.presign_expires <= 7 * 24 * 3600:
+            raise ConfigError("PRESIGN_EXPIRES must be 1..604800 seconds")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"PORT must be 1..65535, got {self.port}")
         for name in ("batch_size", "fetch_concurrency", "dask_threads_per_worker"):

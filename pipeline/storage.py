@@ -28,6 +28,8 @@ class StorageConfig:
     url: str  # root, e.g. file:///srv/data/objects or s3://bucket/prefix
     public_base_url: str = ""  # where stored objects are fetched from by users
     options_json: str = "{}"  # fsspec storage options, JSON so the config stays hashable
+    url_mode: str = "public"  # or "presigned" (s3 only)
+    presign_expires: int = 7 * 24 * 3600
 
     @property
     def options(self) -> dict[str, Any]:
@@ -49,7 +51,10 @@ class Storage:
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol = protocol
-        if not self.is_local and not config.public_base_url and protocol not in ("s3", "s3a"):
+        is_s3 = protocol in ("s3", "s3a")
+        if config.url_mode == "presigned" and not is_s3:
+            raise ConfigError("OUTPUT_URL_MODE=presigned needs s3:// storage")
+        if not self.is_local and not config.public_base_url and not is_s3:
             raise ConfigError(
                 f"set PUBLIC_BASE_URL: there is no default public URL for {protocol}:// storage"
             )
@@ -100,7 +105,9 @@ class Storage:
         return int(self.fs.size(self.path(key)))
 
     def url(self, key: str) -> str:
-        """The public URL of a stored object, as users will fetch it."""
+        """The URL of a stored object, as users will fetch it."""
+        if self.config.url_mode == "presigned":
+            return self.fs.sign(self.path(key), expiration=self.config.presign_expires)
         base = self.config.public_base_url.rstrip("/")
         if base:
             return f"{base}/{quote(key)}"
@@ -120,11 +127,23 @@ def storage_for(config: StorageConfig) -> Storage:
 
 
 def storage_config(
-    storage_url: str, public_base_url: str, s3_endpoint_url: str = ""
+    storage_url: str,
+    public_base_url: str,
+    s3_endpoint_url: str = "",
+    *,
+    url_mode: str = "public",
+    presign_expires: int = 7 * 24 * 3600,
 ) -> StorageConfig:
     options: dict[str, Any] = {}
-    if storage_url.startswith(("s3://", "s3a://")) and s3_endpoint_url:
-        options["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
+    if storage_url.startswith(("s3://", "s3a://")):
+        # SigV4: botocore's default presigning (SigV2) is refused by most regions and MinIO
+        options["config_kwargs"] = {"signature_version": "s3v4"}
+        if s3_endpoint_url:
+            options["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
     return StorageConfig(
-        url=storage_url, public_base_url=public_base_url, options_json=json.dumps(options)
+        url=storage_url,
+        public_base_url=public_base_url,
+        options_json=json.dumps(options),
+        url_mode=url_mode,
+        presign_expires=presign_expires,
     )

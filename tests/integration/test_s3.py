@@ -1,0 +1,143 @@
+"""S3 storage for real: moto in server mode on loopback is the S3 endpoint.
+
+The service (waitress subprocess, Dask worker processes) talks to it over
+HTTP exactly as it would to AWS, MinIO or R2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+from pipeline.storage import Storage, storage_config
+from tests import imagefactory as images
+from tests.integration.service import Service
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch, request):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    name = "imagepipe-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def s3_storage(endpoint: str, bucket: str, **kwargs) -> Storage:
+    return Storage(storage_config(f"s3://{bucket}/outputs", "", endpoint, **kwargs))
+
+
+def test_storage_round_trip_and_urls(s3_endpoint, bucket):
+    storage = s3_storage(s3_endpoint, bucket)
+    assert not storage.is_local
+    storage.put("requests/x/images/0000000-000.jpg", b"jpeg-bytes")
+    assert storage.get("requests/x/images/0000000-000.jpg") == b"jpeg-bytes"
+    storage.put_chunks("requests/x/output.csv", [b"a,", b"b\r\n"])
+    assert storage.get("requests/x/output.csv") == b"a,b\r\n"
+    assert storage.url("requests/x/images/0000000-000.jpg") == (
+        f"{s3_endpoint}/{bucket}/outputs/requests/x/images/0000000-000.jpg"
+    )
+    signed = s3_storage(s3_endpoint, bucket, url_mode="presigned", presign_expires=600)
+    url = signed.url("requests/x/images/0000000-000.jpg")
+    assert url.startswith(f"{s3_endpoint}/{bucket}/outputs/requests/x/images/0000000-000.jpg?")
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=600" in url
+
+
+@pytest.mark.parametrize("url_mode", ["public", "presigned"])
+def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, url_mode):
+    if url_mode == "public":
+        # Public output URLs need a bucket that lets anyone read outputs (compose does
+        # the same for MinIO); presigned URLs work on a private bucket.
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": "s3:GetObject",
+                    "Resource": f"arn:aws:s3:::{bucket}/outputs/*",
+                }
+            ],
+        }
+        boto3.client("s3", endpoint_url=s3_endpoint).put_bucket_policy(
+            Bucket=bucket, Policy=json.dumps(policy)
+        )
+    service = Service(
+        tmp_path / "data",
+        STORAGE_URL=f"s3://{bucket}/outputs",
+        S3_ENDPOINT_URL=s3_endpoint,
+        OUTPUT_URL_MODE=url_mode,
+        **CREDENTIALS,
+    ).start()
+    try:
+        a = image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg")
+        b = image_server.add("/b.png", images.png_rgba(), content_type="image/png")
+        response = service.upload(
+            f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{a},{b}"\n'.encode()
+        )
+        assert response.status == 202, response.data
+        request_id = json.loads(response.data)["request_id"]
+        final, _ = service.wait_final(request_id)
+        assert final["status"] == "completed", final
+
+        # Manifest, input, outputs and the output CSV all live in the bucket.
+        keys = {
+            obj["Key"]
+            for obj in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
+                Bucket=bucket, Prefix=f"outputs/requests/{request_id}/"
+            )["Contents"]
+        }
+        prefix = f"outputs/requests/{request_id}"
+        assert keys == {
+            f"{prefix}/input.csv",
+            f"{prefix}/manifest.parquet",
+            f"{prefix}/output.csv",
+            f"{prefix}/images/0000000-000.jpg",
+            f"{prefix}/images/0000000-001.jpg",
+        }
+        # Nothing was written to local disk but the records.
+        assert not (tmp_path / "data" / "objects").exists()
+
+        # The output CSV (streamed by the API from S3) links to the bucket, and the links work.
+        output = service.get(f"/api/v1/output/{request_id}.csv")
+        assert output.status == 200
+        row = list(csv.reader(io.StringIO(output.data.decode())))[1]
+        urls = row[3].split(",")
+        assert len(urls) == 2
+        for url in urls:
+            assert url.startswith(f"{s3_endpoint}/{bucket}/outputs/requests/{request_id}/images/")
+            assert ("X-Amz-Signature=" in url) == (url_mode == "presigned")
+            fetched = service.get(url)
+            assert fetched.status == 200
+            with Image.open(io.BytesIO(fetched.data)) as out:
+                assert out.format == "JPEG"
+        # Local media route is not served for remote storage.
+        media = service.get(f"/media/requests/{request_id}/images/0000000-000.jpg")
+        assert media.status == 404
+    finally:
+        service.stop()
