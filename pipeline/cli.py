@@ -1,0 +1,85 @@
+"""Batch runs from the shell: `python -m pipeline run products.csv -o output.csv`.
+
+Exit codes a script can use:
+  0  every image done
+  1  finished, some images failed (completed_with_errors)
+  2  the CSV or the command line is invalid (nothing was run)
+  3  the request failed as a whole
+  4  configuration error (environment variables)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.batch import failures, results_frame, run_csv, write_output_csv
+from pipeline.csv_input import parse_products
+from pipeline.errors import ConfigError, InputError
+from pipeline.models import RequestStatus
+from pipeline.service import build_services, csv_limits
+from pipeline.settings import Settings
+
+EXIT = {
+    RequestStatus.COMPLETED: 0,
+    RequestStatus.COMPLETED_WITH_ERRORS: 1,
+    RequestStatus.FAILED: 3,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description="Compress every image of a product CSV."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="process a CSV and write the output CSV")
+    run.add_argument("csv", type=Path, help="CSV with S. No., Product Name, Input Image Urls")
+    run.add_argument(
+        "-o", "--output", type=Path, help="output CSV path (default: <csv>.output.csv)"
+    )
+    run.add_argument("--quality", type=int, help="JPEG quality 1-95 (default: JPEG_QUALITY or 50)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.quality is not None:
+            settings = replace(settings, jpeg_quality=args.quality)
+            settings.validate()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 4
+    if not args.csv.is_file():
+        print(f"no such file: {args.csv}", file=sys.stderr)
+        return 2
+    try:
+        # Checked before a cluster starts, so a bad file fails in milliseconds.
+        parse_products(args.csv.read_bytes(), csv_limits(settings))
+    except InputError as exc:
+        print(f"invalid CSV: {exc}", file=sys.stderr)
+        return 2
+    services = build_services(settings)
+    try:
+        print(services.descriptions["dask"], file=sys.stderr)
+        record = run_csv(services, args.csv, progress=not args.no_progress)
+        output = args.output or args.csv.with_suffix(".output.csv")
+        if record.output_key:
+            write_output_csv(services, record.request_id, output)
+        failed = failures(results_frame(services, record.request_id))
+        for row in failed.itertuples():
+            print(f"failed: line {row.row} {row.input_url}: {row.error}", file=sys.stderr)
+        print(
+            f"{record.status}: {record.succeeded_images}/{record.total_images} images done, "
+            f"{record.failed_images} failed"
+            + (f"; output CSV {output}" if record.output_key else f"; error: {record.error}")
+        )
+        return EXIT[record.status]
+    finally:
+        services.close()

@@ -1,0 +1,55 @@
+"""Accept a CSV as a new request: validate, store the input, record it.
+
+The one way in, shared by the HTTP upload, the CLI and the notebook, so a
+CSV is judged the same everywhere. Nothing is stored or recorded unless the
+whole file is valid; the input is stored before the record, so a record never
+points at a missing CSV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pipeline.csv_input import CsvLimits, parse_products
+from pipeline.models import NewRequest
+from pipeline.records.base import RecordStore
+from pipeline.storage import Storage
+from pipeline.tasks import input_csv_key
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    request_id: str
+    total_products: int
+    total_images: int
+
+
+def accept_csv(
+    data: bytes,
+    *,
+    store: RecordStore,
+    storage: Storage,
+    limits: CsvLimits,
+    now: datetime,
+    request_id: str,
+    source_name: str = "",
+    webhook_url: str | None = None,
+) -> Accepted:
+    """Raises CsvError / PayloadTooLarge (InputError) for a bad file, having changed nothing."""
+    products = parse_products(data, limits)
+    total_images = sum(len(p.urls) for p in products)
+    storage.put(input_csv_key(request_id), data)
+    store.create_request(
+        NewRequest(
+            request_id=request_id,
+            created_at=now,
+            total_rows=len(products),
+            total_images=total_images,
+            source_name=source_name,
+            webhook_url=webhook_url,
+        )
+    )
+    return Accepted(request_id, len(products), total_images)
+
+
