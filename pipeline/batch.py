@@ -137,3 +137,14 @@ def _side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
     out.paste(left, (0, 0))
     out.paste(right, (left.width + gap, 0))
     return out
+
+
+def plot_bytes(frame: pd.DataFrame):
+    """Bar chart of bytes before and after, per done image (needs matplotlib)."""
+    done = frame.loc[frame["status"] == str(ImageStatus.DONE)]
+    labels = done["row"].astype(str) + "." + done["position"].astype(str)
+    data = done.assign(image=labels).set_index("image")[["bytes_in", "bytes_out"]]
+    ax = data.plot.bar(figsize=(max(6, len(data) * 0.6), 4), rot=0)
+    ax.set_title("Bytes per image, before and after (row.position)")
+    ax.set_ylabel("bytes")
+    return ax
