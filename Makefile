@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test test-mongo lint format clean
+.PHONY: run test test-mongo bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,12 @@ MONGODB_TEST_URI ?= mongodb://localhost:27017/?directConnection=true
 test-mongo: $(VENV)/.installed-test
 	docker compose up -d --wait mongo
 	MONGODB_URI='$(MONGODB_TEST_URI)' $(BIN)/python -m pytest tests/contract -k mongodb
+
+# Throughput, latency and memory against the compute floor (issue 7); not a test.
+# BENCH_ARGS="--sizes 1000" for a quick run. Results: bench-results/bench-*.json
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)

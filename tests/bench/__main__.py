@@ -1,0 +1,208 @@
+"""Run the benchmark: `make bench` or `python -m tests.bench --sizes 1000,10000,100000`.
+
+For each size N: start the real service (waitress + LocalCluster, embedded
+defaults), upload a CSV of N image URLs served from a loopback host with
+injected latency, poll status with concurrent clients, wait for the webhook.
+In the same run, measure the compute floor on the same images. Prints a table
+and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import urllib3
+
+from tests.bench import corpus, floor
+from tests.bench.imagehost import ImageHost
+from tests.integration.service import Service
+from tests.servers import WebhookReceiver
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_csv(host: ImageHost, images: list[corpus.CorpusImage], n: int) -> tuple[bytes, float]:
+    """N image URLs over products of 1-4 images; returns the CSV and its total megapixels."""
+    lines, i, row, megapixels = ["S. No.,Product Name,Input Image Urls"], 0, 0, 0.0
+    while i < n:
+        count = min(1 + row % 4, n - i)
+        urls = []
+        for j in range(i, i + count):
+            image = images[j % len(images)]
+            urls.append(host.url(j, image.name))
+            megapixels += image.megapixels
+        row += 1
+        lines.append(f'{row},Product {row},"{",".join(urls)}"')
+        i += count
+    return ("\n".join(lines) + "\n").encode(), megapixels
+
+
+class RssMonitor(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.stop = threading.Event()
+        self.api_peak = 0
+        self.worker_peak = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.api_peak = max(self.api_peak, self.process.memory_info().rss)
+                for child in self.process.children(recursive=True):
+                    self.worker_peak = max(self.worker_peak, child.memory_info().rss)
+            except psutil.Error:
+                pass
+            self.stop.wait(self.interval)
+
+
+def poll(url: str, interval: float, stop: threading.Event, latencies: list[float]) -> None:
+    http = urllib3.PoolManager(maxsize=1, retries=False, timeout=10)
+    while not stop.is_set():
+        start = time.perf_counter()
+        response = http.request("GET", url)
+        elapsed = time.perf_counter() - start
+        if response.status == 200:
+            latencies.append(elapsed)
+        stop.wait(max(0.0, interval - elapsed))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
+    sample = [im.data for im in images] * 2
+    floor_ips = floor.measure(sample, floor.PIPELINE_ENCODER)
+    floor_plain_ips = floor.measure(sample, floor.PILLOW_DEFAULTS)
+    mean_mp = statistics.fmean(im.megapixels for im in images)
+
+    receiver = WebhookReceiver().start()
+    service = Service(
+        workdir / f"data-{n}",
+        WEBHOOK_URL=receiver.url,
+        DASK_WORKERS=str(args.workers),
+        DASK_THREADS_PER_WORKER=str(args.threads),
+        **({"BATCH_SIZE": str(args.batch_size)} if args.batch_size else {}),
+    ).start()
+    monitor = RssMonitor(service.process.pid)
+    monitor.start()
+    csv, megapixels = build_csv(host, images, n)
+    try:
+        start = time.perf_counter()
+        response = service.upload(csv)
+        upload_s = time.perf_counter() - start
+        assert response.status == 202, response.data
+        request_id = json.loads(response.data)["request_id"]
+
+        stop, latencies = threading.Event(), []
+        status_url = f"{service.base_url}/api/v1/status/{request_id}"
+        pollers = [
+            threading.Thread(
+                target=poll, args=(status_url, args.poll_interval, stop, latencies), daemon=True
+            )
+            for _ in range(args.pollers)
+        ]
+        for p in pollers:
+            p.start()
+        receiver.wait_for(1, timeout=args.timeout)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        for p in pollers:
+            p.join()
+        final = service.get_json(f"/api/v1/status/{request_id}")
+    finally:
+        monitor.stop.set()
+        service.stop()
+        receiver.stop()
+    assert final["processed_images"] == n, final
+    e2e_ips = n / elapsed
+    return {
+        "images": n,
+        "status": final["status"],
+        "failed_images": final["failed_images"],
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(e2e_ips, 1),
+        "megapixels_per_s": round(megapixels / elapsed, 1),
+        "ms_per_image": round(1000 * elapsed / n, 2),
+        "floor_images_per_s": round(floor_ips, 1),
+        "floor_megapixels_per_s": round(floor_ips * mean_mp, 1),
+        "ratio_to_floor": round(e2e_ips / floor_ips, 3),
+        "floor_pillow_defaults_images_per_s": round(floor_plain_ips, 1),
+        "ratio_to_pillow_defaults_floor": round(e2e_ips / floor_plain_ips, 3),
+        "upload_s": round(upload_s, 3),
+        "status_polls": len(latencies),
+        "status_p50_ms": round(1000 * percentile(latencies, 50), 2) if latencies else None,
+        "status_p99_ms": round(1000 * percentile(latencies, 99), 2) if latencies else None,
+        "api_peak_rss_mb": round(monitor.api_peak / 2**20, 1),
+        "worker_peak_rss_mb": round(monitor.worker_peak / 2**20, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per image request")
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=0, help="LocalCluster workers (0: cores)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per worker")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the service default")
+    parser.add_argument("--corpus", type=int, default=120, help="distinct images")
+    parser.add_argument("--timeout", type=float, default=7200)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = parser.parse_args()
+
+    images = corpus.load_or_build(args.out / "corpus", args.corpus)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, ImageHost(args.out / "corpus", args.latency) as host:
+        for n in (int(s) for s in args.sizes.split(",")):
+            result = run_size(n, args, images, host, Path(tmp))
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    report = {
+        "when": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print_table(results)
+    print(f"\nwritten {path}")
+
+
+def print_table(results: list[dict]) -> None:
+    columns = [
+        "images",
+        "images_per_s",
+        "megapixels_per_s",
+        "floor_images_per_s",
+        "ratio_to_floor",
+        "ms_per_image",
+        "upload_s",
+        "status_p50_ms",
+        "status_p99_ms",
+        "api_peak_rss_mb",
+        "worker_peak_rss_mb",
+    ]
+    print("\n" + " | ".join(columns))
+    for r in results:
+        print(" | ".join(str(r[c]) for c in columns))
+
+
+if __name__ == "__main__":
+    main()
