@@ -6,17 +6,24 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
 import falcon
 
 from api import errors
-from api.resources import Health, Media, OutputCsv, RequestStatusResource, Uploads
+from api.auth import ApiKeys, RequireApiKey
+from api.limits import RateLimit, TokenBuckets
+from api.resources import Health, Media, OutputCsv, RequestStatusResource
+from api.uploads import MAX_WEBHOOK_URL_CHARS, Uploads
 from pipeline.records.base import RecordStore
 from pipeline.runner import Clock, utc_now
 from pipeline.settings import Settings
 from pipeline.storage import Storage
+
+# Load balancers and orchestrators probe it often and without credentials.
+OPEN_PATHS = frozenset({"/health"})
 
 
 class Submitter:  # what the API needs of the runner
@@ -37,22 +44,36 @@ def create_app(
     health: Callable[[], dict] | None = None,
     clock: Clock = utc_now,
     new_id: Callable[[], str] = new_request_id,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> falcon.App:
-    app = falcon.App()
-    app.req_options.strip_url_path_trailing_slash = True
-    # Uploads are read from the part's stream, not buffered whole by Falcon.
-    app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options.max_body_part_count = 16
+    """`monotonic` is the rate limiter's clock (seconds); `clock` stamps records."""
+    keys = ApiKeys(settings.api_key_list)
+    # Limit first, so failed key guesses are limited too (by address).
+    middleware: list[object] = []
+    if settings.rate_limit_per_minute:
+        buckets = TokenBuckets(
+            settings.rate_limit_per_minute, settings.rate_limit_burst, clock=monotonic
+        )
+        middleware.append(RateLimit(buckets, keys.client_id, open_paths=OPEN_PATHS))
+    middleware.append(RequireApiKey(keys, open_paths=OPEN_PATHS))
 
-    uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id)
-    status = RequestStatusResource(store, storage, base_url=settings.base_url)
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    parse_options = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
+    # The file is read from its part's stream (bounded in Uploads); these bound the rest.
+    parse_options.max_body_part_count = 16
+    parse_options.max_body_part_buffer_size = MAX_WEBHOOK_URL_CHARS * 4
+
+    uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id, keys=keys)
+    status = RequestStatusResource(store, storage, base_url=settings.base_url, keys=keys)
     for prefix in ("/api/v1/upload", "/api/images/upload"):  # the second: seed clients
         app.add_route(prefix, uploads)
     for prefix in ("/api/v1/status/{request_id}", "/api/status/{request_id}"):
         app.add_route(prefix, status)
-    app.add_route("/api/v1/output/{request_id}.csv", OutputCsv(store, storage))
+    app.add_route("/api/v1/output/{request_id}.csv", OutputCsv(store, storage, keys=keys))
     app.add_route("/health", Health(health or (lambda: {})))
     if storage.is_local:
-        app.add_route("/media/{key:path}", Media(storage))
+        app.add_route("/media/{key:path}", Media(storage, store, keys=keys))
     errors.register(app)
     return app
 

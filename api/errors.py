@@ -18,6 +18,27 @@ from pipeline.errors import (
 log = logging.getLogger(__name__)
 
 
+class ApiKeyRequired(Exception):
+    """No API key, or one that is not configured, on a route that needs one."""
+
+    def __init__(self, *, presented: bool):
+        self.presented = presented
+        super().__init__("invalid API key" if presented else "API key required")
+
+
+class RateLimited(Exception):
+    """The client has spent its token bucket; `retry_after` is whole seconds (>= 1)."""
+
+    def __init__(self, retry_after: int, policy: str):
+        self.retry_after = retry_after
+        self.policy = policy
+        super().__init__(f"rate limited; retry after {retry_after} s")
+
+
+class LengthRequired(Exception):
+    """A body without Content-Length from a server that cannot say where it ends."""
+
+
 def _respond(resp: falcon.Response, status: int, title: str, description: str, **extra) -> None:
     resp.status = status
     resp.media = {"title": title, "description": description, **extra}
@@ -50,6 +71,44 @@ def _unavailable(req, resp, exc: Exception, params) -> None:
     resp.set_header("Retry-After", "5")
 
 
+def _api_key_required(req, resp, exc: ApiKeyRequired, params) -> None:
+    # RFC 6750: the challenge names the scheme; error="invalid_token" when one was sent.
+    challenge = 'Bearer realm="imagepipe"'
+    if exc.presented:
+        challenge += ', error="invalid_token"'
+        title, what = "Invalid API key", "The API key sent is not one this service accepts."
+    else:
+        title, what = "API key required", "This service requires an API key."
+    _respond(
+        resp,
+        401,
+        title,
+        f"{what} Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+    )
+    resp.set_header("WWW-Authenticate", challenge)
+
+
+def _rate_limited(req, resp, exc: RateLimited, params) -> None:
+    _respond(
+        resp,
+        429,
+        "Too many requests",
+        f"This client is over its rate limit ({exc.policy}); retry in {exc.retry_after} s. "
+        "When polling a status, a request every few seconds is plenty.",
+        retry_after=exc.retry_after,
+    )
+    resp.set_header("Retry-After", str(exc.retry_after))
+
+
+def _length_required(req, resp, exc: LengthRequired, params) -> None:
+    _respond(
+        resp,
+        411,
+        "Length required",
+        "Send the upload with a Content-Length header (curl -F file=@products.csv does).",
+    )
+
+
 def register(app: falcon.App) -> None:
     # Falcon picks the most specific handler for an exception's class.
     app.add_error_handler(InputError, _input_error)
@@ -58,3 +117,6 @@ def register(app: falcon.App) -> None:
     app.add_error_handler(NotReady, _not_ready)
     app.add_error_handler(StorageError, _unavailable)
     app.add_error_handler(RecordStoreError, _unavailable)
+    app.add_error_handler(ApiKeyRequired, _api_key_required)
+    app.add_error_handler(RateLimited, _rate_limited)
+    app.add_error_handler(LengthRequired, _length_required)

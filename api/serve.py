@@ -10,6 +10,7 @@ import falcon
 import waitress
 
 from api.app import create_app
+from api.uploads import max_body_bytes
 from pipeline.service import Services, build_services
 from pipeline.settings import Settings
 
@@ -40,6 +41,20 @@ def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Servic
     return app, services
 
 
+def protection_summary(settings: Settings) -> str:
+    """One log line: what guards the API and how to change it (never the keys)."""
+    if settings.rate_limit_per_minute:
+        limit = (
+            f"{settings.rate_limit_per_minute}/min per client, bursts of "
+            f"{settings.rate_limit_burst} (RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST)"
+        )
+    else:
+        limit = "no rate limit (set RATE_LIMIT_PER_MINUTE to add one)"
+    count = len(settings.api_key_list)
+    keys = f"{count} API key(s) required" if count else "open, no API keys (set API_KEYS)"
+    return f"{limit}; {keys}; uploads up to {settings.max_upload_bytes:,} bytes"
+
+
 def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(
@@ -54,13 +69,16 @@ def main() -> None:
         if resumed:
             log.info("resumed %d unfinished request(s)", len(resumed))
         log.info("api: listening on http://%s:%d (HOST, PORT)", host, settings.port)
+        log.info("api protection: %s", protection_summary(settings))
         waitress.serve(
             app,
             host=host,
             port=settings.port,
             threads=8,
-            # waitress refuses bigger bodies itself, before buffering them whole
-            max_request_body_size=settings.max_upload_bytes + 64 * 1024,
+            # waitress refuses bigger bodies itself (a declared length at once, a
+            # chunked one as it passes the limit), so they are never buffered whole;
+            # its 413 is plain text, the app's own for smaller excesses is JSON.
+            max_request_body_size=max_body_bytes(settings),
             ident="imagepipe",
             _quiet=True,
         )

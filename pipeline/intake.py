@@ -51,5 +51,3 @@ def accept_csv(
         )
     )
     return Accepted(request_id, len(products), total_images)
-
-

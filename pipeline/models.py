@@ -79,6 +79,9 @@ class NewRequest:
     total_images: int
     source_name: str = ""
     webhook_url: str | None = None
+    # Short SHA-256 hex of the API key that made the request (never the key); None
+    # when the API runs without keys. Only that key may read the request.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class RequestRecord:
     output_key: str | None = None
     error: str | None = None
     webhook: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None  # see NewRequest.owner
 
     @property
     def succeeded_images(self) -> int:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+# Short keys can be guessed; 16 characters of token_urlsafe are 96 random bits.
+MIN_API_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,16 @@ class Settings:
     max_rows: int = 200_000
     max_urls: int = 1_000_000
 
+    # API protection (README "Protecting the API").
+    # A token bucket per client (its API key, else its address) refills at
+    # RATE_LIMIT_PER_MINUTE and holds at most RATE_LIMIT_BURST requests;
+    # RATE_LIMIT_PER_MINUTE=0 turns the limit off. /health is never limited.
+    rate_limit_per_minute: int = 120
+    rate_limit_burst: int = 30
+    # Comma-separated keys; when set, every route but /health needs one and each
+    # request is visible only to the key that made it. repr=False: never logged.
+    api_keys: str = field(default="", repr=False)
+
     # Notifications
     webhook_url: str = ""
     webhook_timeout: float = 10.0
@@ -105,6 +117,33 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "total_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
+        self._validate_api_protection()
+
+    def _validate_api_protection(self) -> None:
+        for name in ("max_upload_bytes", "max_rows", "max_urls"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
+        if self.rate_limit_per_minute < 0:
+            raise ConfigError("RATE_LIMIT_PER_MINUTE must be 0 (no limit) or more")
+        if self.rate_limit_per_minute and self.rate_limit_burst < 1:
+            raise ConfigError(
+                "RATE_LIMIT_BURST must be at least 1 (set RATE_LIMIT_PER_MINUTE=0 to turn "
+                "rate limiting off)"
+            )
+        for number, key in enumerate(self.api_key_list, 1):
+            # Messages name the key's position, never the key: they end up in logs.
+            if len(key) < MIN_API_KEY_CHARS or any(ch.isspace() for ch in key):
+                raise ConfigError(
+                    f"API_KEYS: key {number} must be at least {MIN_API_KEY_CHARS} characters "
+                    "without spaces; make one with "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The configured API keys, without blanks or repeats; empty: no keys needed."""
+        keys = (key.strip() for key in self.api_keys.split(","))
+        return tuple(dict.fromkeys(key for key in keys if key))
 
     @property
     def base_url(self) -> str:

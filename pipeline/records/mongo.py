@@ -110,6 +110,7 @@ class MongoRecordStore:
                 "output_key": None,
                 "error": None,
                 "webhook": {},
+                "owner": request.owner,
             }
         )
 
@@ -348,6 +349,8 @@ def _request_record(doc: Mapping[str, Any]) -> RequestRecord:
         output_key=doc.get("output_key"),
         error=doc.get("error"),
         webhook=dict(doc.get("webhook") or {}),
+        # .get: documents written before owners existed have no such field.
+        owner=doc.get("owner"),
     )
 
 

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS requests (
     webhook_url      TEXT,
     output_key       TEXT,
     error            TEXT,
-    webhook          TEXT NOT NULL DEFAULT '{}'
+    webhook          TEXT NOT NULL DEFAULT '{}',
+    owner            TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (created_at, request_id)
     WHERE status IN ('pending', 'processing');
@@ -103,14 +104,16 @@ class SqliteRecordStore:
             # journal_mode is persistent in the file, so setting it once is enough.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+            _add_missing_columns(conn)
 
     # -- requests -------------------------------------------------------------
     def create_request(self, request: NewRequest) -> None:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO requests (request_id, status, total_rows, total_images,"
-                " created_at, updated_at, source_name, webhook_url)"
-                " VALUES (:id, 'pending', :rows, :images, :at, :at, :source, :webhook_url)",
+                " created_at, updated_at, source_name, webhook_url, owner)"
+                " VALUES (:id, 'pending', :rows, :images, :at, :at, :source, :webhook_url,"
+                " :owner)",
                 {
                     "id": request.request_id,
                     "rows": request.total_rows,
@@ -118,6 +121,7 @@ class SqliteRecordStore:
                     "at": _ts(request.created_at),
                     "source": request.source_name,
                     "webhook_url": request.webhook_url,
+                    "owner": request.owner,
                 },
             )
 
@@ -327,6 +331,25 @@ class SqliteRecordStore:
         return Counters(row["processed_images"], row["failed_images"])
 
 
+# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an older
+# records.db as it was, so they are added here (NULL in the rows it already has).
+_ADDED_REQUEST_COLUMNS = (("owner", "TEXT"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    # IMMEDIATE: two processes opening an old file at once must not both add a column.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        present = {row["name"] for row in conn.execute("PRAGMA table_info(requests)")}
+        for name, declaration in _ADDED_REQUEST_COLUMNS:
+            if name not in present:
+                conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 @contextmanager
 def _wrap_errors() -> Iterator[None]:
     try:
@@ -386,6 +409,7 @@ def _request_record(row: sqlite3.Row) -> RequestRecord:
         output_key=row["output_key"],
         error=row["error"],
         webhook=json.loads(row["webhook"]),
+        owner=row["owner"],
     )
 
 

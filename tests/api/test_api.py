@@ -2,68 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-import falcon.testing
 import pytest
 from urllib3 import encode_multipart_formdata
 
-from api.app import create_app
 from pipeline.models import ImageItem, ImageResult, RequestStatus, output_key
-from pipeline.records import SqliteRecordStore
-from pipeline.settings import Settings
-from pipeline.storage import Storage, storage_config
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-GOOD_CSV = (
-    b"S. No.,Product Name,Input Image Urls\n"
-    b'1,Trail Shoe,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
-    b"2,Mug,https://img.example.com/c.png\n"
-)
-
-
-class RecordingRunner:
-    def __init__(self):
-        self.submitted: list[str] = []
-
-    def submit(self, request_id: str) -> None:
-        self.submitted.append(request_id)
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(data_dir=tmp_path, max_upload_bytes=64 * 1024, api_base_url="http://api.test")
-
-
-@pytest.fixture
-def store(settings):
-    store = SqliteRecordStore(settings.sqlite_path)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def storage(settings):
-    return Storage(storage_config(settings.resolved_storage_url, settings.media_base_url))
-
-
-@pytest.fixture
-def runner():
-    return RecordingRunner()
-
-
-@pytest.fixture
-def client(settings, store, storage, runner):
-    ids = iter(f"{n:032x}" for n in range(1, 1000))
-    app = create_app(settings, store, storage, runner, clock=lambda: T0, new_id=lambda: next(ids))
-    return falcon.testing.TestClient(app)
-
-
-def upload(client, data: bytes, path="/api/v1/upload", **fields):
-    body, content_type = encode_multipart_formdata(
-        {"file": ("products.csv", data, "text/csv"), **fields}
-    )
-    return client.simulate_post(path, body=body, headers={"Content-Type": content_type})
+from tests.api.support import GOOD_CSV, T0, upload
 
 
 @pytest.mark.parametrize("path", ["/api/v1/upload", "/api/images/upload"])

@@ -7,6 +7,7 @@ mongomock, and a real MongoDB when MONGODB_URI is set); see conftest.py.
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -89,6 +90,19 @@ def test_create_then_get_round_trips_every_field(store: RecordStore):
 
 def test_unknown_request_is_none(store: RecordStore):
     assert store.get_request("no-such-id") is None
+
+
+def test_owner_round_trips_and_defaults_to_none(backend: Backend):
+    # The API shows a request only to its owner, so a lost owner would hide it from
+    # the key that made it, and a wrong one would show it to another.
+    store = backend.store
+    store.create_request(new_request("keyed", owner="3f0c9a1b2c3d4e5f"))
+    store.create_request(new_request("open"))
+
+    for each in (store, backend.reopen()):
+        keyed, anonymous = each.get_request("keyed"), each.get_request("open")
+        assert keyed is not None and keyed.owner == "3f0c9a1b2c3d4e5f"
+        assert anonymous is not None and anonymous.owner is None
 
 
 def test_creating_an_existing_id_fails(store: RecordStore):
@@ -407,6 +421,63 @@ def test_sqlite_store_is_unusable_after_close(tmp_path):
     store.close()
     with pytest.raises(RecordStoreError):
         store.get_request("req-1")
+
+
+# `requests` as the first release created it, before the owner column.
+_REQUESTS_BEFORE_OWNER = """
+CREATE TABLE requests (
+    request_id       TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    total_rows       INTEGER NOT NULL,
+    total_images     INTEGER NOT NULL,
+    processed_images INTEGER NOT NULL DEFAULT 0,
+    failed_images    INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    started_at       TEXT,
+    completed_at     TEXT,
+    source_name      TEXT NOT NULL DEFAULT '',
+    webhook_url      TEXT,
+    output_key       TEXT,
+    error            TEXT,
+    webhook          TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO requests (request_id, status, total_rows, total_images, created_at, updated_at)
+VALUES ('old', 'processing', 3, 6, '2024-05-01T12:00:00.123+00:00',
+        '2024-05-01T12:00:00.123+00:00');
+"""
+
+
+def test_sqlite_opens_a_records_db_from_before_owners(tmp_path):
+    path = tmp_path / "records.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_REQUESTS_BEFORE_OWNER)
+    conn.close()
+
+    store = SqliteRecordStore(path)
+    reopened = SqliteRecordStore(path)  # the column exists now; opening again is harmless
+    try:
+        old = store.get_request("old")
+        assert old is not None
+        assert (old.owner, old.status, old.total_images) == (None, RequestStatus.PROCESSING, 6)
+        assert store.unfinished_requests() == ["old"]  # still resumed after the upgrade
+        store.create_request(new_request("new", owner="3f0c9a1b2c3d4e5f"))
+        new = reopened.get_request("new")
+        assert new is not None and new.owner == "3f0c9a1b2c3d4e5f"
+    finally:
+        store.close()
+        reopened.close()
+
+
+def test_mongo_reads_a_request_stored_before_owners():
+    database = mongomock.MongoClient()["imagepipe"]
+    store = MongoRecordStore(database)
+    store.create_request(new_request("old"))
+    database["requests"].update_one({"_id": "old"}, {"$unset": {"owner": ""}})
+
+    old = store.get_request("old")
+
+    assert old is not None and old.owner is None
 
 
 def test_mongo_from_uri_wraps_connection_errors():

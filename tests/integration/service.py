@@ -30,6 +30,8 @@ class Service:
             "DASK_WORKERS": "1",
             "DASK_THREADS_PER_WORKER": "2",
             "DASK_DASHBOARD_ADDRESS": "",
+            # Tests poll fast from one address; rate limiting has its own tests.
+            "RATE_LIMIT_PER_MINUTE": "0",
             **env,
         }
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=30))

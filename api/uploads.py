@@ -1,0 +1,220 @@
+"""The upload resource: a multipart CSV in, a recorded and submitted request out.
+
+Hostile input is refused as early and as cheaply as possible, and nothing is
+stored, recorded or submitted unless the whole file is valid:
+- a declared Content-Length over the limit is refused before reading a byte;
+- a body without one (chunked, from servers that pass it on undecoded) is read
+  through a counter that stops one byte past the limit;
+- the `file` part is read with a bounded `read(limit + 1)`, never whole;
+- compressed bodies (Content-Encoding) are refused, never inflated;
+- then the CSV validation (`pipeline.csv_input`) judges the bytes.
+Under waitress the server refuses bodies over `max_body_bytes` itself, before
+buffering them (see `api.serve`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import falcon
+
+from api.auth import ApiKeys
+from api.errors import LengthRequired
+from pipeline.csv_input import parse_products
+from pipeline.errors import InputError, PayloadTooLarge
+from pipeline.models import NewRequest, RequestStatus
+from pipeline.netguard import ALLOWED_SCHEMES
+from pipeline.records.base import RecordStore
+from pipeline.runner import Clock
+from pipeline.service import csv_limits
+from pipeline.settings import Settings
+from pipeline.storage import Storage
+from pipeline.tasks import input_csv_key
+
+# Room for the multipart framing and the small form fields around the CSV, so a
+# CSV of exactly MAX_UPLOAD_BYTES still fits in the body.
+FORM_OVERHEAD_BYTES = 64 * 1024
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_SOURCE_NAME_CHARS = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """The largest request body an upload may have (the server's limit too)."""
+    return settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+
+class Uploads:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RecordStore,
+        storage: Storage,
+        runner,
+        *,
+        clock: Clock,
+        new_id: Callable[[], str],
+        keys: ApiKeys,
+    ):
+        self.settings = settings
+        self.limits = csv_limits(settings)
+        self.max_body = max_body_bytes(settings)
+        self.store = store
+        self.storage = storage
+        self.runner = runner
+        self.clock = clock
+        self.new_id = new_id
+        self.keys = keys
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._check_envelope(req)
+        data, filename, webhook_url = self._read_form(req)
+        products = parse_products(data, self.limits)
+        total_images = sum(len(p.urls) for p in products)
+
+        request_id = self.new_id()
+        # Input first, record second: a record never points at a missing CSV.
+        self.storage.put(input_csv_key(request_id), data)
+        self.store.create_request(
+            NewRequest(
+                request_id=request_id,
+                created_at=self.clock(),
+                total_rows=len(products),
+                total_images=total_images,
+                source_name=filename,
+                webhook_url=webhook_url,
+                owner=self.keys.owner(req),
+            )
+        )
+        self.runner.submit(request_id)
+        base = self.settings.base_url
+        resp.status = falcon.HTTP_202
+        resp.location = f"/api/v1/status/{request_id}"
+        resp.media = {
+            "request_id": request_id,
+            "status": str(RequestStatus.PENDING),
+            "status_url": f"{base}/api/v1/status/{request_id}",
+            "output_csv_url": f"{base}/api/v1/output/{request_id}.csv",
+            "total_products": len(products),
+            "total_images": total_images,
+        }
+
+    def _check_envelope(self, req: falcon.Request) -> None:
+        """Refuse from the headers alone, before reading any of the body."""
+        if req.content_length is not None and req.content_length > self.max_body:
+            raise PayloadTooLarge(
+                f"the upload is {req.content_length:,} bytes; the limit is "
+                f"{self.settings.max_upload_bytes:,} bytes for the CSV (MAX_UPLOAD_BYTES); "
+                "split the file"
+            )
+        encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Compressed uploads are not accepted",
+                description=f"The body has Content-Encoding {encoding!r}; send the CSV "
+                "uncompressed as a multipart form field named 'file'.",
+            )
+        if not (req.content_type or "").lower().startswith("multipart/form-data"):
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Expected multipart/form-data",
+                description="Send the CSV as a multipart form field named 'file', "
+                "e.g. curl -F file=@products.csv http://localhost:5000/api/v1/upload",
+            )
+
+    def _body(self, req: falcon.Request) -> tuple[BinaryIO, int]:
+        """The body stream and how far the multipart parser may read it."""
+        if req.content_length is not None:
+            return req.bounded_stream, req.content_length  # type: ignore[return-value]
+        # No length: only safe to read to the end when the server has delimited the
+        # input (PEP 3333's wsgi.input_terminated); elsewhere a read could block on the
+        # client's next request.
+        if not req.env.get("wsgi.input_terminated"):
+            raise LengthRequired()
+        return _CappedStream(req.stream, self.max_body, self.settings), self.max_body + 1
+
+    def _read_form(self, req: falcon.Request) -> tuple[bytes, str, str | None]:
+        data: bytes | None = None
+        filename = ""
+        webhook_url: str | None = None
+        stream, length = self._body(req)
+        handler = req.options.media_handlers[falcon.MEDIA_MULTIPART]
+        try:
+            for part in handler.deserialize(stream, req.content_type, length):
+                if part.name == "file":
+                    if data is not None:
+                        raise falcon.HTTPBadRequest(
+                            title="More than one file",
+                            description="Send one CSV per upload, in one field named 'file'.",
+                        )
+                    # Bounded: one byte past the limit is enough to know it is too big.
+                    data = part.stream.read(self.settings.max_upload_bytes + 1)
+                    filename = _source_name(part.filename or "")
+                elif part.name == "webhook_url":
+                    webhook_url = part.text.strip() or None
+        except falcon.MediaMalformedError as exc:
+            raise falcon.HTTPBadRequest(
+                title="Malformed multipart body", description=str(exc.description or exc)
+            ) from exc
+        if data is None:
+            raise falcon.HTTPBadRequest(
+                title="Missing file",
+                description="The multipart form has no field named 'file'; "
+                "send the CSV as -F file=@products.csv",
+            )
+        if len(data) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the CSV is over the limit of {self.settings.max_upload_bytes:,} bytes "
+                "(MAX_UPLOAD_BYTES); split the file"
+            )
+        if webhook_url is not None:
+            _check_webhook_url(webhook_url)
+        return data, filename, webhook_url
+
+
+class _CappedStream:
+    """A body read without Content-Length, refused once it passes `cap` bytes."""
+
+    def __init__(self, stream: BinaryIO, cap: int, settings: Settings):
+        self.stream = stream
+        self.cap = cap
+        self.settings = settings
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        allowed = self.cap + 1 - self.consumed
+        chunk = self.stream.read(allowed if size is None or size < 0 else min(size, allowed))
+        self.consumed += len(chunk)
+        if self.consumed > self.cap:
+            raise PayloadTooLarge(
+                f"the upload is over {self.cap:,} bytes; the limit is "
+                f"{self.settings.max_upload_bytes:,} bytes for the CSV (MAX_UPLOAD_BYTES); "
+                "split the file"
+            )
+        return chunk
+
+
+def _source_name(filename: str) -> str:
+    # Recorded and shown back, never used as a path: keep the last path segment of
+    # what the client claims, printable and of a sane length.
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    return _CONTROL.sub("", name)[:MAX_SOURCE_NAME_CHARS]
+
+
+def _check_webhook_url(url: str) -> None:
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        raise InputError(f"webhook_url is longer than {MAX_WEBHOOK_URL_CHARS} characters")
+    wrong = InputError(f"webhook_url must be an absolute http(s) URL, got {url!r}")
+    if _CONTROL.search(url) or " " in url:
+        raise wrong
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname  # raises ValueError for a malformed host or port
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        raise wrong from exc
+    if parts.scheme not in ALLOWED_SCHEMES or not hostname:
+        raise wrong

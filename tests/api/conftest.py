@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.records import SqliteRecordStore
+from pipeline.settings import Settings
+from pipeline.storage import Storage, storage_config
+from tests.api.support import RecordingRunner, make_client
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(data_dir=tmp_path, max_upload_bytes=64 * 1024, api_base_url="http://api.test")
+
+
+@pytest.fixture
+def store(settings):
+    store = SqliteRecordStore(settings.sqlite_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def storage(settings):
+    return Storage(storage_config(settings.resolved_storage_url, settings.media_base_url))
+
+
+@pytest.fixture
+def runner():
+    return RecordingRunner()
+
+
+@pytest.fixture
+def client(settings, store, storage, runner):
+    return make_client(settings, store, storage, runner)
