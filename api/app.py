@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 import falcon
@@ -17,6 +16,7 @@ from api.auth import ApiKeys, RequireApiKey
 from api.limits import RateLimit, TokenBuckets
 from api.resources import Health, Media, OutputCsv, RequestStatusResource
 from api.uploads import MAX_WEBHOOK_URL_CHARS, Uploads
+from pipeline.intake import new_request_id
 from pipeline.records.base import RecordStore
 from pipeline.runner import Clock, utc_now
 from pipeline.settings import Settings
@@ -28,11 +28,6 @@ OPEN_PATHS = frozenset({"/health"})
 
 class Submitter:  # what the API needs of the runner
     def submit(self, request_id: str) -> None: ...
-
-
-def new_request_id() -> str:
-    # 128 random bits: unguessable, so an id works as a capability to read a request.
-    return uuid.uuid4().hex
 
 
 def create_app(

@@ -24,16 +24,15 @@ import falcon
 
 from api.auth import ApiKeys
 from api.errors import LengthRequired
-from pipeline.csv_input import parse_products
 from pipeline.errors import InputError, PayloadTooLarge
-from pipeline.models import NewRequest, RequestStatus
+from pipeline.intake import accept_csv
+from pipeline.models import RequestStatus
 from pipeline.netguard import ALLOWED_SCHEMES
 from pipeline.records.base import RecordStore
 from pipeline.runner import Clock
 from pipeline.service import csv_limits
 from pipeline.settings import Settings
 from pipeline.storage import Storage
-from pipeline.tasks import input_csv_key
 
 # Room for the multipart framing and the small form fields around the CSV, so a
 # CSV of exactly MAX_UPLOAD_BYTES still fits in the body.
@@ -73,23 +72,18 @@ class Uploads:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._check_envelope(req)
         data, filename, webhook_url = self._read_form(req)
-        products = parse_products(data, self.limits)
-        total_images = sum(len(p.urls) for p in products)
-
-        request_id = self.new_id()
-        # Input first, record second: a record never points at a missing CSV.
-        self.storage.put(input_csv_key(request_id), data)
-        self.store.create_request(
-            NewRequest(
-                request_id=request_id,
-                created_at=self.clock(),
-                total_rows=len(products),
-                total_images=total_images,
-                source_name=filename,
-                webhook_url=webhook_url,
-                owner=self.keys.owner(req),
-            )
+        accepted = accept_csv(
+            data,
+            store=self.store,
+            storage=self.storage,
+            limits=self.limits,
+            now=self.clock(),
+            request_id=self.new_id(),
+            source_name=filename,
+            webhook_url=webhook_url,
+            owner=self.keys.owner(req),
         )
+        request_id = accepted.request_id
         self.runner.submit(request_id)
         base = self.settings.base_url
         resp.status = falcon.HTTP_202
@@ -99,8 +93,8 @@ class Uploads:
             "status": str(RequestStatus.PENDING),
             "status_url": f"{base}/api/v1/status/{request_id}",
             "output_csv_url": f"{base}/api/v1/output/{request_id}.csv",
-            "total_products": len(products),
-            "total_images": total_images,
+            "total_products": accepted.total_products,
+            "total_images": accepted.total_images,
         }
 
     def _check_envelope(self, req: falcon.Request) -> None:

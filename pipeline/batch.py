@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -17,15 +16,10 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import FetchError, ImageRejected
 from pipeline.fetch import Fetcher
-from pipeline.intake import accept_csv
+from pipeline.intake import accept_csv, new_request_id
 from pipeline.models import ImageStatus, RequestRecord
 from pipeline.runner import utc_now
 from pipeline.service import Services, csv_limits, fetch_config
-
-
-def new_request_id() -> str:
-    # 128 random bits: unguessable, so an id works as a capability to read a request.
-    return uuid.uuid4().hex
 
 
 def run_csv(

@@ -8,6 +8,7 @@ points at a missing CSV.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +17,11 @@ from pipeline.models import NewRequest
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 from pipeline.tasks import input_csv_key
+
+
+def new_request_id() -> str:
+    # 128 random bits: unguessable, so an id works as a capability to read a request.
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,7 @@ def accept_csv(
     request_id: str,
     source_name: str = "",
     webhook_url: str | None = None,
+    owner: str | None = None,
 ) -> Accepted:
     """Raises CsvError / PayloadTooLarge (InputError) for a bad file, having changed nothing."""
     products = parse_products(data, limits)
@@ -48,6 +55,7 @@ def accept_csv(
             total_images=total_images,
             source_name=source_name,
             webhook_url=webhook_url,
+            owner=owner,
         )
     )
     return Accepted(request_id, len(products), total_images)
