@@ -1,0 +1,182 @@
+"""A corpus of hostile uploads through the HTTP layer.
+
+Every bad one gets a 4xx JSON error that names the problem, and leaves
+nothing behind: no record, no stored object, nothing submitted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from dataclasses import replace
+
+import pytest
+
+from tests.api.support import make_client, multipart, stored_files, upload
+
+HEADER = b"S. No.,Product Name,Input Image Urls\n"
+URL = b"https://img.example.com/a.jpg"
+
+
+def zip_bomb() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("products.csv", b"0" * 20_000_000)  # 20 MB inflates from ~20 KB
+    return buf.getvalue()
+
+
+def png_bytes() -> bytes:
+    from tests import imagefactory
+
+    return imagefactory.jpeg_rgb()[:2000]
+
+
+BAD_CSVS = {
+    "empty file": (b"", 422, "empty"),
+    "whitespace only": (b"  \n\n", 422, "empty"),
+    "header only": (HEADER, 422, "no product rows"),
+    "missing column": (b"S. No.,Product Name\n1,Lamp\n", 422, "Input Image Urls"),
+    "wrong columns": (b"id,name,urls\n1,Lamp," + URL + b"\n", 422, "expected"),
+    "extra column": (
+        b"S. No.,Product Name,Input Image Urls,Price\n1,Lamp," + URL + b",9\n",
+        422,
+        "Price",
+    ),
+    "duplicate header": (
+        b"S. No.,Product Name,Input Image Urls,S. No.\n1,L," + URL + b",1\n",
+        422,
+        "S. No.",
+    ),
+    "semicolon delimiter": (
+        b"S. No.;Product Name;Input Image Urls\n1;Lamp;" + URL + b"\n",
+        422,
+        "comma",
+    ),
+    "tab delimiter": (
+        b"S. No.\tProduct Name\tInput Image Urls\n1\tLamp\t" + URL + b"\n",
+        422,
+        "comma",
+    ),
+    "quoted newline in URL cell": (
+        HEADER + b'1,Lamp,"' + URL + b'\nhttps://b.example/x.jpg"\n',
+        422,
+        "Input Image Urls",
+    ),
+    "non-UTF-8 bytes": (HEADER + b"1,L\xe4mpe," + URL + b"\n", 422, "UTF-8"),
+    "binary file (image)": (png_bytes(), 422, "not a text CSV"),
+    "zip bomb renamed .csv": (zip_bomb(), 422, "zip"),
+    "URL with a space inside": (
+        HEADER + b"1,Lamp,https://img.example.com/my image.jpg\n",
+        422,
+        "space",
+    ),
+    "trailing comma in URL cell": (HEADER + b'1,Lamp,"' + URL + b',"\n', 422, "empty"),
+    "empty URL between commas": (HEADER + b'1,Lamp,"' + URL + b",," + URL + b'"\n', 422, "empty"),
+    "row without URLs": (HEADER + b"1,Lamp,\n", 422, "no image URLs"),
+    "file: scheme": (HEADER + b"1,Lamp,file:///etc/passwd\n", 422, "file"),
+    "gopher: scheme": (HEADER + b"1,Lamp,gopher://127.0.0.1:6379/_FLUSHALL\n", 422, "gopher"),
+    "javascript: scheme": (HEADER + b"1,Lamp,javascript:alert(1)\n", 422, "javascript"),
+    "data: scheme": (HEADER + b'1,Lamp,"data:image/png;base64,AAAA"\n', 422, "data"),
+    "unquoted URL list": (HEADER + b"1,Lamp," + URL + b"," + URL + b"\n", 422, "quote"),
+    "missing product name": (HEADER + b"1,," + URL + b"\n", 422, "Product Name"),
+    "10 MB single cell": (HEADER + b'1,"' + b"x" * 10_000_000 + b'",' + URL + b"\n", 413, "limit"),
+}
+
+
+@pytest.fixture
+def assert_nothing_recorded(settings, store, runner):
+    def check():
+        assert runner.submitted == []
+        assert store.unfinished_requests() == []
+        assert stored_files(settings) == []
+
+    return check
+
+
+@pytest.mark.parametrize("case", list(BAD_CSVS))
+def test_bad_csv_is_refused_with_a_clear_error(client, case, assert_nothing_recorded):
+    data, status, needle = BAD_CSVS[case]
+    response = upload(client, data, filename="products.csv")
+    assert response.status_code == status, response.json
+    assert response.json["title"]
+    assert needle.lower() in response.json["description"].lower(), response.json["description"]
+    assert_nothing_recorded()
+
+
+def test_big_cell_under_the_upload_limit_is_named_by_the_csv_check(
+    settings, store, storage, runner
+):
+    client = make_client(replace(settings, max_upload_bytes=16 * 2**20), store, storage, runner)
+    data = HEADER + b'1,"' + b"x" * 10_000_000 + b'",' + URL + b"\n"
+    response = upload(client, data)
+    assert response.status_code == 422
+    assert response.json["row"] == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbf" + HEADER + b"1,Lamp," + URL + b"\n",  # BOM, as Excel writes it
+        HEADER.replace(b"\n", b"\r\n") + b"1,Lamp," + URL + b"\r\n",  # CRLF
+        HEADER + b'1,"Lamp\nwith a line break",' + URL + b"\n",  # Alt+Enter in a name
+        HEADER + b'1,Lamp,"' + URL + b", " + URL + b'"\n',  # spaces after commas
+    ],
+    ids=["bom", "crlf", "newline-in-name", "spaces-after-commas"],
+)
+def test_ordinary_spreadsheet_output_is_accepted(client, data):
+    assert upload(client, data).status_code == 202
+
+
+def test_request_shapes_that_are_not_an_upload(client, assert_nothing_recorded):
+    body, headers = multipart({"document": ("p.csv", HEADER, "text/csv")})
+    no_file = client.simulate_post("/api/v1/upload", body=body, headers=headers)
+    assert no_file.status_code == 400 and "'file'" in no_file.json["description"]
+
+    plain = client.simulate_post(
+        "/api/v1/upload", body=HEADER, headers={"Content-Type": "text/csv"}
+    )
+    assert plain.status_code == 415 and "multipart" in plain.json["description"]
+
+    broken = client.simulate_post(
+        "/api/v1/upload",
+        body=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nno end',
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    assert broken.status_code == 400 and broken.json["title"] == "Malformed multipart body"
+
+    body, headers = multipart({"file": ("p.csv", HEADER + b"1,L," + URL + b"\n", "text/csv")})
+    squeezed = client.simulate_post(
+        "/api/v1/upload",
+        body=gzip.compress(body),
+        headers=headers | {"Content-Encoding": "gzip"},
+    )
+    assert squeezed.status_code == 415 and "uncompressed" in squeezed.json["description"]
+
+    body, headers = multipart(
+        {"file": ("a.csv", HEADER + b"1,L," + URL + b"\n", "text/csv"), "file2": "x"}
+    )
+    two = client.simulate_post(
+        "/api/v1/upload", body=body.replace(b'name="file2"', b'name="file"'), headers=headers
+    )
+    assert two.status_code == 400 and "one CSV" in two.json["description"]
+    assert_nothing_recorded()
+
+
+def test_filename_is_sanitised(client, store):
+    response = upload(
+        client, HEADER + b"1,Lamp," + URL + b"\n", filename="../../etc/pass\x00wd.csv"
+    )
+    assert response.status_code == 202
+    assert store.get_request(response.json["request_id"]).source_name == "passwd.csv"
+
+
+def test_rows_and_urls_limits_answer_413(settings, store, storage, runner, assert_nothing_recorded):
+    client = make_client(replace(settings, max_rows=2, max_urls=3), store, storage, runner)
+    rows = HEADER + b"".join(b"%d,P,%s\n" % (n, URL) for n in range(3))
+    too_many_rows = upload(client, rows)
+    assert too_many_rows.status_code == 413 and "row" in too_many_rows.json["description"]
+    urls = HEADER + b'1,P,"' + b",".join([URL] * 4) + b'"\n'
+    too_many_urls = upload(client, urls)
+    assert too_many_urls.status_code == 413 and "URL" in too_many_urls.json["description"]
+    assert_nothing_recorded()

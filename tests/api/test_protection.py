@@ -1,0 +1,141 @@
+"""Rate limiting and API keys, through the HTTP layer (falcon.testing, no sleeps)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from api.auth import owner_id
+from api.limits import TokenBuckets
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+from tests.api.support import GOOD_CSV, FakeMonotonic, make_client, upload
+
+KEY_A = "a" * 12 + "-key-one-0001"
+KEY_B = "b" * 12 + "-key-two-0002"
+
+
+@pytest.fixture
+def clock():
+    return FakeMonotonic()
+
+
+def limited(settings, store, storage, runner, clock, per_minute=60, burst=3):
+    settings = replace(settings, rate_limit_per_minute=per_minute, rate_limit_burst=burst)
+    return make_client(settings, store, storage, runner, monotonic=clock)
+
+
+def test_burst_then_429_with_retry_after_then_refill(settings, store, storage, runner, clock):
+    client = limited(settings, store, storage, runner, clock)
+    status = "/api/v1/status/" + "0" * 32
+    codes = [client.simulate_get(status).status_code for _ in range(3)]
+    assert codes == [404, 404, 404]  # within the burst: answered normally
+    refused = client.simulate_get(status)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"  # 60/min: one token a second
+    assert refused.json["title"] == "Too many requests"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    clock.advance(1.0)
+    assert client.simulate_get(status).status_code == 404
+    assert client.simulate_get(status).status_code == 429
+
+
+def test_health_is_never_limited(settings, store, storage, runner, clock):
+    client = limited(settings, store, storage, runner, clock, burst=1)
+    assert [client.simulate_get("/health").status_code for _ in range(10)] == [200] * 10
+
+
+def test_limits_are_per_client(settings, store, storage, runner, clock):
+    client = limited(settings, store, storage, runner, clock, burst=1)
+    path = "/api/v1/status/" + "0" * 32
+    assert client.simulate_get(path, remote_addr="10.0.0.1").status_code == 404
+    assert client.simulate_get(path, remote_addr="10.0.0.1").status_code == 429
+    assert client.simulate_get(path, remote_addr="10.0.0.2").status_code == 404
+
+
+def test_zero_disables_the_limit(settings, store, storage, runner, clock):
+    client = limited(settings, store, storage, runner, clock, per_minute=0, burst=1)
+    path = "/api/v1/status/" + "0" * 32
+    assert {client.simulate_get(path).status_code for _ in range(50)} == {404}
+
+
+def test_token_buckets_forget_idle_clients():
+    clock = FakeMonotonic()
+    buckets = TokenBuckets(60, 5, clock=clock, max_clients=3)
+    for n in range(10):
+        buckets.take(f"c{n}")
+    assert len(buckets) == 3  # capped
+    clock.advance(60)
+    buckets.take("new")
+    assert len(buckets) == 1  # the others refilled fully: same as no bucket
+
+
+@pytest.fixture
+def keyed(settings, store, storage, runner):
+    return make_client(replace(settings, api_keys=f"{KEY_A}, {KEY_B}"), store, storage, runner)
+
+
+def test_keys_required_everywhere_but_health(keyed):
+    assert keyed.simulate_get("/health").status_code == 200
+    missing = upload(keyed, GOOD_CSV)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json["title"] == "API key required"
+    wrong = upload(keyed, GOOD_CSV, headers={"Authorization": "Bearer not-a-real-key-000000"})
+    assert wrong.status_code == 401 and wrong.json["title"] == "Invalid API key"
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert keyed.simulate_get("/api/v1/status/" + "0" * 32).status_code == 401
+
+
+def test_request_visible_only_to_the_key_that_made_it(keyed, store, storage):
+    made = upload(keyed, GOOD_CSV, headers={"Authorization": f"Bearer {KEY_A}"})
+    assert made.status_code == 202
+    rid = made.json["request_id"]
+    record = store.get_request(rid)
+    assert record.owner == owner_id(KEY_A)
+    assert KEY_A not in repr(record)  # only a digest is recorded
+    status = f"/api/v1/status/{rid}"
+    assert keyed.simulate_get(status, headers={"X-API-Key": KEY_A}).status_code == 200
+    other = keyed.simulate_get(status, headers={"X-API-Key": KEY_B})
+    assert other.status_code == 404  # not 403: existence is not revealed
+    assert (
+        keyed.simulate_get(f"/api/v1/output/{rid}.csv", headers={"X-API-Key": KEY_B}).status_code
+        == 404
+    )
+    storage.put(f"requests/{rid}/images/0000000-000.jpg", b"\xff\xd8")
+    media = f"/media/requests/{rid}/images/0000000-000.jpg"
+    assert keyed.simulate_get(media, headers={"X-API-Key": KEY_B}).status_code == 404
+    assert keyed.simulate_get(media, headers={"X-API-Key": KEY_A}).status_code == 200
+
+
+def test_rate_limit_buckets_by_key_not_address(settings, store, storage, runner, clock):
+    settings = replace(
+        settings, api_keys=f"{KEY_A},{KEY_B}", rate_limit_per_minute=60, rate_limit_burst=1
+    )
+    client = make_client(settings, store, storage, runner, monotonic=clock)
+    path = "/api/v1/status/" + "0" * 32
+    assert client.simulate_get(path, headers={"X-API-Key": KEY_A}).status_code == 404
+    assert client.simulate_get(path, headers={"X-API-Key": KEY_A}).status_code == 429
+    assert client.simulate_get(path, headers={"X-API-Key": KEY_B}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"API_KEYS": "s3cr3t-shh"}, "key 1 must be at least 16"),
+        ({"RATE_LIMIT_PER_MINUTE": "-1"}, "RATE_LIMIT_PER_MINUTE"),
+        ({"RATE_LIMIT_BURST": "0"}, "RATE_LIMIT_BURST"),
+    ],
+)
+def test_bad_protection_settings_are_named(env, needle):
+    with pytest.raises(ConfigError, match=needle) as caught:
+        Settings.from_env(env)
+    assert "short" not in str(caught.value).replace("short", "", 0) or "API_KEYS" in str(
+        caught.value
+    )
+
+
+def test_keys_never_appear_in_settings_repr():
+    settings = Settings.from_env({"API_KEYS": KEY_A})
+    assert KEY_A not in repr(settings)
