@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import falcon
 
-from api import errors
+from api import docs, errors, openapi
 from api.auth import ApiKeys, RequireApiKey
 from api.limits import RateLimit, TokenBuckets
-from api.resources import Health, Media, OutputCsv, RequestStatusResource
+from api.resources import Health, Html, Media, OpenApi, OutputCsv, RequestStatusResource
 from api.uploads import MAX_WEBHOOK_URL_CHARS, Uploads
 from pipeline.intake import new_request_id
 from pipeline.records.base import RecordStore
@@ -23,7 +24,10 @@ from pipeline.settings import Settings
 from pipeline.storage import Storage
 
 # Load balancers and orchestrators probe it often and without credentials.
-OPEN_PATHS = frozenset({"/health"})
+UNLIMITED_PATHS = frozenset({"/health"})
+# Readable without a key: the page asks for the key itself; the docs are public.
+PUBLIC_PATHS = UNLIMITED_PATHS | {"/", "/docs", "/api/v1/openapi.json"}
+PAGE = Path(__file__).with_name("static") / "index.html"
 
 
 class Submitter:  # what the API needs of the runner
@@ -40,6 +44,7 @@ def create_app(
     clock: Clock = utc_now,
     new_id: Callable[[], str] = new_request_id,
     monotonic: Callable[[], float] = time.monotonic,
+    dashboard_url: str | None = None,
 ) -> falcon.App:
     """`monotonic` is the rate limiter's clock (seconds); `clock` stamps records."""
     keys = ApiKeys(settings.api_key_list)
@@ -49,8 +54,8 @@ def create_app(
         buckets = TokenBuckets(
             settings.rate_limit_per_minute, settings.rate_limit_burst, clock=monotonic
         )
-        middleware.append(RateLimit(buckets, keys.client_id, open_paths=OPEN_PATHS))
-    middleware.append(RequireApiKey(keys, open_paths=OPEN_PATHS))
+        middleware.append(RateLimit(buckets, keys.client_id, open_paths=UNLIMITED_PATHS))
+    middleware.append(RequireApiKey(keys, open_paths=UNLIMITED_PATHS))
 
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
@@ -60,13 +65,19 @@ def create_app(
     parse_options.max_body_part_buffer_size = MAX_WEBHOOK_URL_CHARS * 4
 
     uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id, keys=keys)
-    status = RequestStatusResource(store, storage, base_url=settings.base_url, keys=keys)
+    status = RequestStatusResource(
+        store, storage, base_url=settings.base_url, keys=keys, dashboard_url=dashboard_url
+    )
     for prefix in ("/api/v1/upload", "/api/images/upload"):  # the second: seed clients
         app.add_route(prefix, uploads)
     for prefix in ("/api/v1/status/{request_id}", "/api/status/{request_id}"):
         app.add_route(prefix, status)
     app.add_route("/api/v1/output/{request_id}.csv", OutputCsv(store, storage, keys=keys))
     app.add_route("/health", Health(health or (lambda: {})))
+    spec = openapi.document(settings.base_url)
+    app.add_route("/api/v1/openapi.json", OpenApi(spec))
+    app.add_route("/docs", Html(docs.render(spec)))
+    app.add_route("/", Html(PAGE.read_text(encoding="utf-8")))
     if storage.is_local:
         app.add_route("/media/{key:path}", Media(storage, store, keys=keys))
     errors.register(app)

@@ -31,15 +31,24 @@ def readable_request(
 
 
 class RequestStatusResource:
-    def __init__(self, store: RecordStore, storage: Storage, *, base_url: str, keys: ApiKeys):
+    def __init__(
+        self,
+        store: RecordStore,
+        storage: Storage,
+        *,
+        base_url: str,
+        keys: ApiKeys,
+        dashboard_url: str | None = None,
+    ):
         self.store = store
         self.storage = storage
         self.base_url = base_url
         self.keys = keys
+        self.dashboard_url = dashboard_url
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         record = readable_request(self.store, self.keys, req, request_id)
-        body = status_body(record, self.base_url)
+        body = status_body(record, self.base_url, self.dashboard_url)
         if req.get_param("page") is not None or req.get_param("per_page") is not None:
             page = req.get_param_as_int("page", min_value=1, default=1)
             per_page = req.get_param_as_int(
@@ -110,6 +119,25 @@ class Media:
         resp.stream = stream
 
 
+class OpenApi:
+    def __init__(self, document: dict[str, Any]):
+        self.document = document
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.document
+
+
+class Html:
+    """A page rendered once at start-up (the docs) or read from the package (the upload page)."""
+
+    def __init__(self, html: str):
+        self.html = html
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = self.html
+
+
 class Health:
     def __init__(self, describe: Callable[[], dict[str, Any]]):
         self.describe = describe
@@ -118,7 +146,9 @@ class Health:
         resp.media = {"status": "ok", **self.describe()}
 
 
-def status_body(record: RequestRecord, base_url: str) -> dict[str, Any]:
+def status_body(
+    record: RequestRecord, base_url: str, dashboard_url: str | None = None
+) -> dict[str, Any]:
     rid = record.request_id
     final = record.status.is_final
     return {
@@ -141,6 +171,7 @@ def status_body(record: RequestRecord, base_url: str) -> dict[str, Any]:
         if final and record.output_key
         else None,
         "webhook": record.webhook or None,
+        "dashboard_url": dashboard_url,
     }
 
 

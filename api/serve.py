@@ -33,11 +33,19 @@ def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Servic
             "dask": {
                 "status": services.client.status,
                 "workers": len(info.get("workers", {})),
-                "dashboard": services.client.dashboard_link,
+                "dashboard": services.dashboard_url,
+                "scheduler": services.client.scheduler.address,
             },
         }
 
-    app = create_app(settings, services.store, services.storage, services.runner, health=health)
+    app = create_app(
+        settings,
+        services.store,
+        services.storage,
+        services.runner,
+        health=health,
+        dashboard_url=services.dashboard_url,
+    )
     return app, services
 
 

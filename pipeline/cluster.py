@@ -14,9 +14,8 @@ def start_client(settings: Settings) -> tuple[Client, str]:
     """Return a client and a one-line description for the startup log."""
     if settings.dask_scheduler_address:
         client = Client(settings.dask_scheduler_address, timeout="20s")
-        return client, (
-            f"dask: scheduler {settings.dask_scheduler_address}, dashboard {client.dashboard_link}"
-        )
+        address, dashboard = settings.dask_scheduler_address, dashboard_url(client, settings)
+        return client, f"dask: scheduler {address}, dashboard {dashboard}"
     workers = settings.dask_workers or os.cpu_count() or 1
     cluster = LocalCluster(
         n_workers=workers,
@@ -26,7 +25,7 @@ def start_client(settings: Settings) -> tuple[Client, str]:
         silence_logs=logging.WARNING,
     )
     client = Client(cluster)
-    dashboard = client.dashboard_link if settings.dask_dashboard_address else "disabled"
+    dashboard = dashboard_url(client, settings) or "disabled"
     return client, (
         f"dask: LocalCluster, {workers} workers x {settings.dask_threads_per_worker} threads, "
         f"dashboard {dashboard} (set DASK_SCHEDULER_ADDRESS=tcp://host:8786 to use a cluster)"
@@ -38,3 +37,14 @@ def close_client(client: Client) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+def dashboard_url(client: Client, settings: Settings) -> str | None:
+    """The dashboard's address, or None when our LocalCluster runs without one.
+
+    (`client.dashboard_link` formats a link even then: the scheduler's HTTP
+    server keeps serving health and metrics routes on that port.)
+    """
+    if not settings.dask_scheduler_address and not settings.dask_dashboard_address:
+        return None
+    return client.dashboard_link

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from distributed import Client
 
-from pipeline.cluster import close_client, start_client
+from pipeline.cluster import close_client, dashboard_url, start_client
 from pipeline.csv_input import CsvLimits
 from pipeline.fetch import FetchConfig
 from pipeline.notify import WebhookNotifier
@@ -33,6 +33,7 @@ class Services:
     client: Client
     runner: Runner
     descriptions: dict[str, str]
+    dashboard_url: str | None = None
 
     def close(self) -> None:
         close_client(self.client)
@@ -131,4 +132,6 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
     )
     for line in descriptions.values():
         log.info(line)
-    return Services(settings, store, storage, client, runner, descriptions)
+    return Services(
+        settings, store, storage, client, runner, descriptions, dashboard_url(client, settings)
+    )

@@ -1,0 +1,142 @@
+"""The OpenAPI document: valid, complete, and true of the live app (schemathesis)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import replace
+
+import falcon.inspect
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from openapi_spec_validator import validate
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from api import openapi
+from api.app import create_app
+from pipeline.models import ImageItem, ImageResult, RequestStatus, output_key
+from tests.api.support import GOOD_CSV, T0, upload
+
+
+def test_document_is_valid_openapi():
+    validate(openapi.document("http://api.test"))
+
+
+def test_every_route_is_documented(settings, store, storage, runner):
+    app = create_app(settings, store, storage, runner)
+    routes = {
+        (re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path), method.method.lower())
+        for route in falcon.inspect.inspect_routes(app)
+        for method in route.methods
+        if not method.internal
+    }
+    documented = {
+        (path, method) for path, ops in openapi.document()["paths"].items() for method in ops
+    }
+    assert routes == documented
+
+
+def test_served_and_rendered(client):
+    served = client.simulate_get("/api/v1/openapi.json")
+    assert served.status_code == 200
+    assert served.json["paths"]["/api/v1/upload"]["post"]["operationId"] == "upload"
+    page = client.simulate_get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/api/v1/status/{request_id}" in page.text and "Output Image Urls" in page.text
+    home = client.simulate_get("/")
+    assert home.status_code == 200 and 'id="upload"' in home.text
+
+
+@pytest.fixture
+def live_app(settings, store, storage, runner):
+    # Unlimited, so generated calls reach the handlers instead of mostly drawing 429s.
+    app = create_app(replace(settings, rate_limit_per_minute=0), store, storage, runner)
+    client = falcon.testing.TestClient(app)
+    pending = upload(client, GOOD_CSV).json["request_id"]
+    final = upload(client, GOOD_CSV).json["request_id"]
+    store.add_images(
+        final,
+        [
+            ImageItem(0, 0, "1", "Shoe", "https://img.example.com/a.jpg"),
+            ImageItem(1, 0, "2", "Mug", "https://img.example.com/b.jpg"),
+        ],
+    )
+    key = output_key(final, 0, 0)
+    storage.put(key, b"\xff\xd8\xff")
+    store.apply_results(
+        final,
+        [
+            ImageResult(0, 0, ok=True, output_key=key, bytes_in=9, bytes_out=3),
+            ImageResult(1, 0, ok=False, error="download failed: HTTP 404"),
+        ],
+        T0,
+    )
+    storage.put(f"requests/{final}/output.csv", b"S. No.,Product Name\r\n")
+    store.finish(
+        final, RequestStatus.COMPLETED_WITH_ERRORS, T0, output_key=f"requests/{final}/output.csv"
+    )
+    return app, {"pending": pending, "final": final, "media": key}
+
+
+def test_known_requests_fit_the_document(live_app):
+    app, known = live_app
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    ops = {op.ok().path: op.ok() for op in schema.get_all_operations() if op.ok().method == "get"}
+    cases = [
+        (ops[path], {"request_id": rid}, query)
+        for path in ("/api/v1/status/{request_id}", "/api/status/{request_id}")
+        for rid in (known["pending"], known["final"])
+        for query in ({}, {"page": 1}, {"page": 1, "per_page": 1}, {"page": 3, "per_page": 1})
+    ]
+    cases += [
+        (ops["/api/v1/output/{request_id}.csv"], {"request_id": r}, {}) for r in known.values()
+    ]
+    cases.append((ops["/media/{key}"], {"key": known["media"]}, {}))
+    statuses = []
+    for op, path_parameters, query in cases:
+        case = op.Case(path_parameters=path_parameters, query=query)
+        statuses.append(case.call_and_validate(checks=CHECKS).status_code)
+    assert statuses.count(200) >= 18 and 409 in statuses and 404 in statuses
+
+
+def test_live_app_honours_its_document(live_app):
+    """Generated calls to every operation: no 5xx, and every answer fits the document."""
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", live_app[0])
+    failures: list[str] = []
+    calls = [0]
+    for operation in schema.get_all_operations():
+        exercise(operation.ok(), failures, calls)
+    assert calls[0] > 100
+    assert not failures, "\n".join(failures[:5])
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def exercise(op, failures: list[str], calls: list[int]) -> None:
+    @hypothesis_settings(
+        max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(case=op.as_strategy())
+    def call(case):
+        calls[0] += 1
+        try:
+            case.call_and_validate(checks=CHECKS)
+        except Exception as exc:  # collected, so one run reports every broken operation
+            failures.append(f"{op.method.upper()} {op.path}: {exc}")
+            raise
+
+    with contextlib.suppress(Exception):  # already recorded in `failures`
+        call()
