@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test test-mongo bench lint format clean
+.PHONY: run test system-deps test-mongo bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,23 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/python -m api
 
-test: $(VENV)/.installed-test
+# Debian packages the tests drive for real: a browser for the upload page and a
+# NATS server. Installed when missing and we may (root, or sudo); elsewhere those
+# tests skip locally with the reason, and fail in CI (CI=true).
+DEBIAN_PACKAGES = chromium chromium-driver nats-server
+SYSTEM_COMMANDS = chromium chromedriver nats-server
+
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: missing$$missing; install $(DEBIAN_PACKAGES) (or your system's equivalents)"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	else echo "note: missing$$missing; run: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 0; fi; \
+	echo "installing $(DEBIAN_PACKAGES) (missing:$$missing)"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null
+
+test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

@@ -1,0 +1,108 @@
+"""The upload page in a real browser: Debian's headless chromium driven by Selenium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as DriverService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests import imagefactory as images
+from tests.integration.service import Service
+
+pytestmark = pytest.mark.integration
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        message = "needs Debian's chromium and chromium-driver (make test installs them as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI a missing browser is a broken build, not a skip
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = Service(tmp_path_factory.mktemp("page") / "data").start()
+    yield svc
+    svc.stop()
+
+
+def choose_and_upload(browser, service, csv_path) -> WebDriverWait:
+    browser.get(service.base_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(csv_path))
+    browser.find_element(By.ID, "submit").click()
+    return WebDriverWait(browser, 120, poll_frequency=0.2)
+
+
+def test_upload_watch_progress_and_download(browser, service, image_server, tmp_path):
+    good = [
+        image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg"),
+        image_server.add("/b.png", images.png_rgba(), content_type="image/png"),
+        image_server.add(
+            "/c.jpg", images.jpeg_exif_rotated(), content_type="image/jpeg", delay=0.5
+        ),
+    ]
+    missing = image_server.url("/gone.jpg")
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_text(
+        "S. No.,Product Name,Input Image Urls\n"
+        f'1,Lamp,"{good[0]},{good[1]}"\n2,Vase,"{good[2]},{missing}"\n'
+    )
+    wait = choose_and_upload(browser, service, csv_path)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "completed with errors"))
+    assert browser.find_element(By.ID, "progress").get_attribute("value") == "100"
+    assert browser.find_element(By.ID, "total").text == "4"
+    assert browser.find_element(By.ID, "done").text == "3"
+    assert browser.find_element(By.ID, "failed").text == "1"
+    failures = browser.find_elements(By.CSS_SELECTOR, "#failures li")
+    assert len(failures) == 1 and "HTTP 404" in failures[0].text and "line 3" in failures[0].text
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#thumbs img")
+    assert len(thumbs) == 3
+    # The thumbnails are the real outputs, loaded and decoded by the browser.
+    wait.until(
+        lambda b: all(b.execute_script("return arguments[0].naturalWidth", t) > 0 for t in thumbs)
+    )
+    link = browser.find_element(By.ID, "csv-link").get_attribute("href")
+    csv = service.get(link)
+    assert csv.status == 200 and csv.data.startswith(
+        b"S. No.,Product Name,Input Image Urls,Output Image Urls"
+    )
+
+
+def test_bad_csv_shows_a_clear_message(browser, service, tmp_path):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("S. No.,Product Name\n1,Lamp\n")
+    wait = choose_and_upload(browser, service, csv_path)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "message"), "refused"))
+    message = browser.find_element(By.ID, "message")
+    assert "error" in message.get_attribute("class")
+    assert "Invalid CSV" in message.text and "Input Image Urls" in message.text
