@@ -17,7 +17,7 @@ import urllib3
 
 from pipeline.errors import FetchError
 from pipeline.models import RequestRecord, iso
-from pipeline.netguard import check_url
+from pipeline.netguard import check_url, guarded_pool
 
 log = logging.getLogger(__name__)
 EVENT_COMPLETED = "request.completed"
@@ -52,7 +52,7 @@ class WebhookNotifier:
     ):
         self.timeout = timeout
         self.allow_private = allow_private_networks
-        self.pool = pool or urllib3.PoolManager(retries=False)
+        self.pool = pool or guarded_pool(allow_private_networks, retries=False)
 
     def deliver(self, url: str, event: dict[str, Any]) -> dict[str, Any]:
         """POST the event once; return the delivery state to record."""

@@ -81,6 +81,7 @@ def fetch_config(settings: Settings) -> FetchConfig:
         max_redirects=settings.max_redirects,
         max_bytes=settings.max_image_bytes,
         retries=settings.fetch_retries,
+        backoff=settings.fetch_backoff,
         allow_private_networks=settings.allow_private_networks,
     )
 

@@ -61,6 +61,7 @@ class Settings:
     max_image_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 50_000_000
     fetch_retries: int = 2
+    fetch_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
     allow_private_networks: bool = False
 
     # Upload limits

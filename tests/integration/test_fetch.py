@@ -1,9 +1,19 @@
 """The fetcher against a real HTTP server on loopback."""
 
+import contextlib
+import gzip
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
+
 import pytest
 
-from pipeline.errors import FetchError
+from pipeline.errors import ConfigError, FetchError
 from pipeline.fetch import FetchConfig, Fetcher
+from pipeline.service import fetch_config
+from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +79,158 @@ def test_connection_refused_is_transient():
     with pytest.raises(FetchError, match="connection failed") as caught:
         fetcher(retries=0).fetch(f"http://127.0.0.1:{free_port()}/x.jpg")
     assert caught.value.transient
+
+
+# Limits against servers that misbehave on purpose: a raw socket server lets a
+# test send what http.server never would (no Content-Length, a drip, a bomb).
+
+
+class RawServer:
+    """Answers every connection on loopback with `respond(sock)` after reading the request."""
+
+    def __init__(self, respond: Callable[[socket.socket], None], host: str = "127.0.0.1"):
+        self.respond = respond
+        self.listener = socket.create_server((host, 0))
+        self.connections = 0
+        self.closing = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.listener.getsockname()[:2]
+        return f"http://{host}:{port}/image.jpg"
+
+    def _serve(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            with contextlib.suppress(OSError):  # the client hung up: that is what limits do
+                self.respond(conn)
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server():
+    servers: list[RawServer] = []
+
+    def start(respond: Callable[[socket.socket], None]) -> RawServer:
+        servers.append(RawServer(respond))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_body_without_content_length_stops_at_the_limit(raw_server):
+    def endless(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n")
+        while True:  # no Content-Length, never ends
+            conn.sendall(b"x" * 65536)
+
+    server = raw_server(endless)
+    with pytest.raises(FetchError, match="over the limit of 100000 bytes") as caught:
+        fetcher(max_bytes=100_000).fetch(server.url)
+    assert not caught.value.transient
+
+
+def test_content_length_that_understates_is_not_trusted(raw_server):
+    def liar(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n" + b"x" * 10)
+        conn.sendall(b"y" * 300_000)  # ignored: the client stops at the declared length
+
+    assert fetcher(max_bytes=100_000).fetch(raw_server(liar).url) == b"x" * 10
+
+
+def test_gzip_bomb_stops_at_the_limit_on_decoded_bytes(raw_server):
+    bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), compresslevel=9)  # ~200 KB on the wire
+
+    def send_bomb(conn: socket.socket) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+        conn.sendall(head.encode() + bomb)
+
+    server = raw_server(send_bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError, match="over the limit of 1000000 bytes"):
+            fetcher(max_bytes=1_000_000).fetch(server.url)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Decoding stopped near the limit instead of inflating 200 MB in memory.
+    assert peak < 20 * 1024 * 1024
+
+
+def test_slow_drip_hits_the_total_time_budget(raw_server):
+    def drip(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(1000):  # one byte every 50 ms: never a read timeout
+            conn.sendall(b"x")
+            time.sleep(0.05)
+
+    with pytest.raises(FetchError, match=r"timed out after 0\.5s"):
+        fetcher(total_timeout=0.5, read_timeout=5, retries=0).fetch(raw_server(drip).url)
+
+
+def test_connect_timeout():
+    # A listener whose backlog is full drops new SYNs, so connect() hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    port = listener.getsockname()[1]
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        with pytest.raises(FetchError, match="timed out connecting") as caught:
+            fetcher(connect_timeout=0.3, retries=0).fetch(f"http://127.0.0.1:{port}/x.jpg")
+        assert caught.value.transient
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_retries_back_off_exponentially_with_jitter(image_server):
+    image_server.add("/busy", status=503)
+    delays: list[float] = []
+    config = FetchConfig(allow_private_networks=True, backoff=0.2, retries=3)
+    for rand, expected in ((lambda: 0.0, [0.1, 0.2, 0.4]), (lambda: 1.0, [0.2, 0.4, 0.8])):
+        delays.clear()
+        with pytest.raises(FetchError, match="HTTP 503"):
+            Fetcher(config, sleep=delays.append, rand=rand).fetch(image_server.url("/busy"))
+        assert delays == pytest.approx(expected)
+
+
+def test_fetch_backoff_setting_reaches_the_fetcher():
+    settings = Settings.from_env({"FETCH_BACKOFF": "1.5", "FETCH_RETRIES": "4"})
+    config = fetch_config(settings)
+    assert (config.backoff, config.retries) == (1.5, 4)
+    assert fetch_config(Settings()).backoff == 0.5
+
+
+@pytest.mark.parametrize(
+    "bad", [{"backoff": -1}, {"max_bytes": 0}, {"total_timeout": 0}, {"max_redirects": -1}]
+)
+def test_nonsense_limits_fail_at_start_up(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        FetchConfig(**bad)

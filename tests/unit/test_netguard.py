@@ -3,7 +3,7 @@ import socket
 import pytest
 
 from pipeline.errors import FetchError
-from pipeline.netguard import check_url, is_public_address
+from pipeline.netguard import AddressRefused, check_url, is_public_address, validate_url
 
 
 def resolver(*addresses):
@@ -28,13 +28,36 @@ def resolver(*addresses):
         "fc00::1",
         "::ffff:127.0.0.1",
         "100.64.0.1",
+        # Ranges some Python releases call global, and IPv6 forms embedding IPv4.
+        "192.0.0.8",
+        "198.18.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::",
+        "::127.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "2002:7f00:1::",
+        "2002:a9fe:a9fe::",
+        "fec0::1",
+        "ff02::1",
+        "fe80::1%eth0",
+        "fd00:ec2::254",
     ],
 )
 def test_non_public_addresses(address):
     assert not is_public_address(address)
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "93.184.216.34",
+        "2606:2800:220:1:248:1893:25c8:1946",
+        "::ffff:93.184.216.34",
+        "64:ff9b::5db8:d822",  # NAT64 of a public address
+    ],
+)
 def test_public_addresses(address):
     assert is_public_address(address)
 
@@ -72,3 +95,46 @@ def test_refuses_bad_urls_even_when_private_allowed(url, needle):
 def test_loopback_literal_refused_by_default():
     with pytest.raises(FetchError, match="non-public"):
         check_url("http://127.0.0.1:8080/x.jpg", allow_private=False)
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "localhost.", "img.localhost"])
+def test_localhost_names_refused_whatever_dns_says(host):
+    with pytest.raises(AddressRefused, match="is this machine"):
+        check_url(f"http://{host}/a.jpg", allow_private=False, resolve=resolver("93.184.216.34"))
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("http://example.com@127.0.0.1/", "credentials"),
+        ("http://user:pw@images.example.com/", "credentials"),
+        ("http://127.0.0.1\\@images.example.com/", "credentials"),
+        ("http://%31%32%37.0.0.1/", "ambiguous host"),
+        ("javascript:alert(1)", "scheme"),
+        ("data:image/png;base64,AAAA", "scheme"),
+        ("ftp://images.example.com/a.jpg", "scheme"),
+    ],
+)
+def test_validate_url_refuses_confusing_urls(url, needle):
+    with pytest.raises(FetchError, match=needle):
+        validate_url(url)
+
+
+def test_validate_url_returns_scheme_host_and_default_port():
+    assert validate_url("https://Images.Example.com./a.jpg") == (
+        "https",
+        "images.example.com.",
+        443,
+    )
+    assert validate_url("http://[2606:2800::1]:8080/") == ("http", "2606:2800::1", 8080)
+    assert validate_url("http://bücher.example/a.jpg")[1] == "bücher.example"
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.1", "127.1", "0"])
+def test_numeric_spellings_are_judged_by_what_getaddrinfo_makes_of_them(host):
+    # The real resolver, numeric only: no DNS query leaves the machine.
+    def numeric(host, port, type=0):
+        return socket.getaddrinfo(host, port, type=type, flags=socket.AI_NUMERICHOST)
+
+    with pytest.raises(AddressRefused, match=r"non-public address (127\.0\.0\.1|0\.0\.0\.0)"):
+        check_url(f"http://{host}/a.jpg", allow_private=False, resolve=numeric)
