@@ -18,16 +18,15 @@ import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import falcon
 
 from api.auth import ApiKeys
 from api.errors import LengthRequired
-from pipeline.errors import InputError, PayloadTooLarge
+from pipeline.errors import FetchError, InputError, PayloadTooLarge
 from pipeline.intake import accept_csv
 from pipeline.models import RequestStatus
-from pipeline.netguard import ALLOWED_SCHEMES
+from pipeline.netguard import validate_url
 from pipeline.records.base import RecordStore
 from pipeline.runner import Clock
 from pipeline.service import csv_limits
@@ -199,16 +198,15 @@ def _source_name(filename: str) -> str:
 
 
 def _check_webhook_url(url: str) -> None:
+    """The same URL rules as image downloads (pipeline.netguard), refused now with a 422.
+
+    Addresses are checked when the webhook is sent (they can change until then).
+    """
     if len(url) > MAX_WEBHOOK_URL_CHARS:
         raise InputError(f"webhook_url is longer than {MAX_WEBHOOK_URL_CHARS} characters")
-    wrong = InputError(f"webhook_url must be an absolute http(s) URL, got {url!r}")
     if _CONTROL.search(url) or " " in url:
-        raise wrong
+        raise InputError(f"webhook_url must be an absolute http(s) URL, got {url!r}")
     try:
-        parts = urlsplit(url)
-        hostname = parts.hostname  # raises ValueError for a malformed host or port
-        parts.port  # noqa: B018
-    except ValueError as exc:
-        raise wrong from exc
-    if parts.scheme not in ALLOWED_SCHEMES or not hostname:
-        raise wrong
+        validate_url(url)
+    except FetchError as exc:
+        raise InputError(f"webhook_url {url!r} is not usable: {exc.reason}") from exc

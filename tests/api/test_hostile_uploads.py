@@ -180,3 +180,21 @@ def test_rows_and_urls_limits_answer_413(settings, store, storage, runner, asser
     too_many_urls = upload(client, urls)
     assert too_many_urls.status_code == 413 and "URL" in too_many_urls.json["description"]
     assert_nothing_recorded()
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "ftp://hooks.example.com/x",
+        "http://user:pw@hooks.example.com/x",
+        "javascript:alert(1)",
+        "https://hooks.example.com\\@127.0.0.1/",
+        "http://",
+        "https://a.example:99999/",
+    ],
+)
+def test_bad_webhook_url_is_refused_at_upload(client, webhook, assert_nothing_recorded):
+    response = upload(client, HEADER + b"1,Lamp," + URL + b"\n", webhook_url=webhook)
+    assert response.status_code == 422
+    assert "webhook_url" in response.json["description"]
+    assert_nothing_recorded()
