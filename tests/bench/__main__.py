@@ -55,13 +55,19 @@ class RssMonitor(threading.Thread):
         self.stop = threading.Event()
         self.api_peak = 0
         self.worker_peak = 0
+        self.cpu: dict[str, float] = {}  # CPU seconds so far, by role
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
                 self.api_peak = max(self.api_peak, self.process.memory_info().rss)
+                api = self.process.cpu_times()
+                workers = 0.0
                 for child in self.process.children(recursive=True):
                     self.worker_peak = max(self.worker_peak, child.memory_info().rss)
+                    times = child.cpu_times()
+                    workers += times.user + times.system
+                self.cpu = {"api": api.user + api.system, "workers": workers}
             except psutil.Error:
                 pass
             self.stop.wait(self.interval)
@@ -99,6 +105,9 @@ def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
     ).start()
     monitor = RssMonitor(service.process.pid)
     monitor.start()
+    host_cpu = psutil.Process(host.process.pid).cpu_times()
+    time.sleep(1.0)  # one sample of the idle service, so start-up CPU is not counted
+    cpu_at_start = dict(monitor.cpu)
     csv, megapixels = build_csv(host, images, n)
     try:
         start = time.perf_counter()
@@ -123,6 +132,9 @@ def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
         for p in pollers:
             p.join()
         final = service.get_json(f"/api/v1/status/{request_id}")
+        cpu_at_end = {k: v - cpu_at_start.get(k, 0.0) for k, v in monitor.cpu.items()}
+        host_end = psutil.Process(host.process.pid).cpu_times()
+        cpu_at_end["image_host"] = host_end.user + host_end.system - host_cpu.user - host_cpu.system
     finally:
         monitor.stop.set()
         service.stop()
@@ -148,6 +160,9 @@ def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
         "status_p99_ms": round(1000 * percentile(latencies, 99), 2) if latencies else None,
         "api_peak_rss_mb": round(monitor.api_peak / 2**20, 1),
         "worker_peak_rss_mb": round(monitor.worker_peak / 2**20, 1),
+        # CPU ms per image by process, from upload to webhook
+        "cpu_ms_per_image": {k: round(1000 * v / n, 2) for k, v in cpu_at_end.items()},
+        "floor_cpu_ms_per_image": round(1000 * (os.cpu_count() or 1) / floor_ips, 2),
     }
 
 
