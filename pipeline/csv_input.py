@@ -56,7 +56,14 @@ _LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")  # how csv (newline="") counts li
 _LINE_BREAK = re.compile(r"[\r\n]")
 _ASCII_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 # Most URLs look like this; they need none of the slower checks (urlsplit is ~5 us).
-_PLAIN_URL = re.compile(r"(?i)(https?)(://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?:/[!-~]*)?)")
+# a port 1..65535, so the fast path never accepts what urlsplit would refuse
+_PORT = (
+    r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+    r"|655[0-2][0-9]|6553[0-5]))?"
+)
+_PLAIN_URL = re.compile(
+    r"(?i)(https?)(://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?" + _PORT + r"(?:/[!-~]*)?)"
+)
 
 
 def parse_products(data: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> list[Product]:

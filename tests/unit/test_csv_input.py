@@ -406,3 +406,16 @@ def test_valid_rows_round_trip(rows: list[tuple[str, str, list[str]]], separator
     assert products == [
         Product(row, serial, name, tuple(urls)) for row, (serial, name, urls) in enumerate(rows)
     ]
+
+
+@pytest.mark.parametrize("url", ["http://img.example.com:8080/a.jpg", "https://127.0.0.1:65535/a"])
+def test_urls_with_ports_are_accepted(url):
+    products = parse_products(f"S. No.,Product Name,Input Image Urls\n1,Lamp,{url}\n".encode())
+    assert products[0].urls == (url,)
+
+
+@pytest.mark.parametrize("port", ["65536", "99999", "x"])
+def test_urls_with_impossible_ports_are_refused(port):
+    data = f"S. No.,Product Name,Input Image Urls\n1,Lamp,http://img.example.com:{port}/a.jpg\n"
+    with pytest.raises(CsvError):
+        parse_products(data.encode())
