@@ -11,6 +11,8 @@ it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from pipeline.csv_input import CsvLimits, parse_products
 from pipeline.errors import FetchError, ImageRejected, StorageError
 from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.models import ImageItem, ImageResult, image_items, output_key
-from pipeline.storage import StorageConfig, storage_for
+from pipeline.storage import Storage, StorageConfig, storage_for
 from pipeline.transform import compress
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ def _finish(spec: JobSpec, item: ImageItem, downloaded: bytes | FetchError) -> I
         return failed(exc.reason, len(downloaded))
     key = output_key(spec.request_id, item.row, item.position)
     try:
-        storage_for(spec.storage).put(key, image.data)
+        put_with_retries(storage_for(spec.storage), key, image.data)
     except StorageError as exc:
         return failed(f"storage write failed: {exc}", len(downloaded))
     return ImageResult(
@@ -101,3 +103,30 @@ def _finish(spec: JobSpec, item: ImageItem, downloaded: bytes | FetchError) -> I
         width=image.width,
         height=image.height,
     )
+
+
+# Object stores fail now and then (a throttled or reset S3 connection); a short,
+# bounded retry rides that out without letting a store that is down stall the batch.
+WRITE_ATTEMPTS = 3
+WRITE_BACKOFF = 0.2  # seconds before the second attempt, doubled for the next
+
+
+def put_with_retries(
+    storage: Storage,
+    key: str,
+    data: bytes,
+    *,
+    attempts: int = WRITE_ATTEMPTS,
+    backoff: float = WRITE_BACKOFF,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """`storage.put`, tried `attempts` times; the last StorageError propagates."""
+    for attempt in range(1, attempts + 1):
+        try:
+            storage.put(key, data)
+            return
+        except StorageError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("storage write of %s failed (attempt %d): %s", key, attempt, exc)
+            sleep(backoff * 2 ** (attempt - 1))

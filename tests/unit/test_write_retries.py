@@ -1,0 +1,35 @@
+"""Output writes are retried a bounded number of times."""
+
+import pytest
+
+from pipeline.errors import StorageError
+from pipeline.tasks import WRITE_ATTEMPTS, put_with_retries
+
+
+class FlakyStorage:
+    """Fails the first `failures` writes, then stores (a hand-written fake)."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.attempts = 0
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise StorageError(f"could not write {key}: throttled")
+        self.objects[key] = data
+
+
+def test_transient_failure_is_retried_with_backoff():
+    storage, waits = FlakyStorage(failures=2), []
+    put_with_retries(storage, "k", b"data", sleep=waits.append)
+    assert storage.objects == {"k": b"data"}
+    assert waits == [0.2, 0.4]
+
+
+def test_persistent_failure_raises_after_the_last_attempt():
+    storage, waits = FlakyStorage(failures=99), []
+    with pytest.raises(StorageError, match="throttled"):
+        put_with_retries(storage, "k", b"data", sleep=waits.append)
+    assert storage.attempts == WRITE_ATTEMPTS and len(waits) == WRITE_ATTEMPTS - 1
