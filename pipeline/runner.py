@@ -9,21 +9,27 @@ For each request one driver thread in the API process:
 4. writes the output CSV, sets the final status and notifies.
 
 Re-running a request (after a restart) redoes only images without a result.
+When the connection to the scheduler drops, Dask cancels every future; those
+images stay pending, and once the client has reconnected they are submitted
+again (a bounded number of times) rather than recorded as failed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from distributed import Client, as_completed
+from distributed.client import FutureCancelledError
 
 from pipeline import manifest, tasks
 from pipeline.csv_input import CsvLimits
 from pipeline.csv_output import output_csv_rows, render_csv
+from pipeline.errors import PipelineError
 from pipeline.models import ImageResult, RequestStatus
 from pipeline.notify import WebhookNotifier, completion_event
 from pipeline.records.base import RecordStore
@@ -31,6 +37,16 @@ from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+# How often a request is resubmitted after losing the scheduler, and how long the
+# driver waits for the client to reconnect each time (the client itself gives up
+# after its own connect timeout and closes).
+SCHEDULER_ROUNDS = 3
+RECONNECT_TIMEOUT = 120.0
+
+
+class SchedulerLost(PipelineError):
+    """The Dask scheduler went away and the client could not get it back."""
 
 
 def utc_now() -> datetime:
@@ -122,20 +138,60 @@ class Runner:
             return False
         self.store.mark_processing(request_id, self.clock())
         spec = self.job_spec(request_id)
-        stage = self.client.submit(
-            tasks.stage_manifest,
-            spec,
-            self.batch_size,
-            self.limits,
-            key=f"stage-manifest-{request_id}",
-            retries=2,
-        )
-        info: manifest.ManifestInfo = stage.result()
-        stage.release()
+        info = self._stage(request_id, spec)
         items = manifest.read_all(self.storage, info.key)
         self.store.add_images(request_id, items)
 
         position_in_manifest = {(i.row, i.position): n for n, i in enumerate(items)}
+        for _ in range(SCHEDULER_ROUNDS):
+            futures = self._submit_pending(request_id, spec, info, position_in_manifest)
+            if self._collect(request_id, futures):
+                break
+            self._await_scheduler(request_id)
+        else:
+            raise SchedulerLost(
+                f"lost the connection to the Dask scheduler {SCHEDULER_ROUNDS} times"
+            )
+        self._complete(request_id)
+        return True
+
+    def _stage(self, request_id: str, spec: tasks.JobSpec) -> manifest.ManifestInfo:
+        for _ in range(SCHEDULER_ROUNDS):
+            stage = self.client.submit(
+                tasks.stage_manifest,
+                spec,
+                self.batch_size,
+                self.limits,
+                key=f"stage-manifest-{request_id}",
+                retries=2,
+            )
+            try:
+                return stage.result()
+            except FutureCancelledError:
+                self._await_scheduler(request_id)
+            finally:
+                stage.release()
+        raise SchedulerLost(f"lost the connection to the Dask scheduler {SCHEDULER_ROUNDS} times")
+
+    def _await_scheduler(self, request_id: str) -> None:
+        """Block until the client has reconnected; raise when it gave up."""
+        log.warning("request %s: lost the Dask scheduler, waiting to reconnect", request_id)
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while self.client.status != "running":
+            if self.client.status in ("closing", "closed") or time.monotonic() > deadline:
+                raise SchedulerLost(
+                    f"lost the connection to the Dask scheduler and could not reconnect "
+                    f"(client {self.client.status})"
+                )
+            time.sleep(0.2)
+
+    def _submit_pending(
+        self,
+        request_id: str,
+        spec: tasks.JobSpec,
+        info: manifest.ManifestInfo,
+        position_in_manifest: dict[tuple[int, int], int],
+    ) -> dict:
         pending_by_batch: dict[int, set[tuple[int, int]]] = defaultdict(set)
         for image in self.store.pending_images(request_id):
             batch = manifest.batch_of(position_in_manifest[image], info.batch_size)
@@ -153,16 +209,19 @@ class Runner:
                 retries=2,
             )
             futures[future] = pending
-        self._collect(request_id, futures)
-        self._complete(request_id)
-        return True
+        return futures
 
-    def _collect(self, request_id: str, futures: dict) -> None:
+    def _collect(self, request_id: str, futures: dict) -> bool:
+        """Record every settled batch; False when some were cancelled (scheduler lost)."""
+        settled = True
         for group in as_completed(futures, with_results=True, raise_errors=False).batches():
             results: list[ImageResult] = []
             for future, value in group:
                 if future.status == "finished":
                     results.extend(value)
+                elif future.status == "cancelled":
+                    # Not the images' fault: they stay pending and are submitted again.
+                    settled = False
                 else:
                     # The whole batch failed after its retries (e.g. workers kept dying):
                     # each of its images gets the reason, and the request still finishes.
@@ -173,6 +232,7 @@ class Runner:
                     )
                 future.release()
             self.store.apply_results(request_id, results, self.clock())
+        return settled
 
     def _complete(self, request_id: str) -> None:
         counters = self.store.recount(request_id)
