@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,16 +18,29 @@ class Route:
     content_type: str = "application/octet-stream"
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    # The first `fail_first` requests get `fail_status` (a host that is briefly unwell).
+    fail_first: int = 0
+    fail_status: int = 503
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address) -> None:
+        # A client dying mid-response (a killed worker or API process) is what some
+        # tests do on purpose; anything else is still printed.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class _Base:
     def __init__(self, handler: type[BaseHTTPRequestHandler]):
-        self.server = _Server(("127.0.0.1", 0), handler)
+        self.handler = handler
+        self._listen(0)
+
+    def _listen(self, port: int) -> None:
+        self.server = _Server(("127.0.0.1", port), self.handler)
         self.server.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -42,6 +56,11 @@ class _Base:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def restart(self):
+        """Listen again on the same port after `stop()` (a host coming back)."""
+        self._listen(self.server.server_address[1])
+        return self.start()
 
 
 class ImageServer(_Base):
@@ -68,10 +87,13 @@ class _ImageHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         owner: ImageServer = self.server.owner  # type: ignore[attr-defined]
         with owner.lock:
-            owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
+            hit = owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
         route = owner.routes.get(self.path)
         if route is None:
             self.send_error(404)
+            return
+        if hit <= route.fail_first:
+            self.send_error(route.fail_status)
             return
         if route.delay:
             time.sleep(route.delay)

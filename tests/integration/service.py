@@ -72,6 +72,23 @@ class Service:
                 self.process.wait()
         self._log.close()
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, no `finally`, no cleanup (a crash, an OOM kill)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self._log.close()
+
+    def restart(self, timeout: float = 120.0) -> Service:
+        """Start again on the same port and data directory, as a supervisor would."""
+        assert self.process is not None and self.process.poll() is not None
+        return self.start(timeout)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
