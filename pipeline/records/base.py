@@ -74,6 +74,9 @@ class RecordStore(Protocol):
     def recount(self, request_id: str) -> Counters:
         """Recompute counters from the images and store them (authoritative)."""
 
+    def pending_deliveries(self) -> list[tuple[str, dict[str, Any]]]:
+        """(request_id, webhook state) of deliveries still to be made (state "pending")."""
+
     def unfinished_requests(self) -> list[str]:
         """Ids of requests not in a final status, oldest first."""
 

@@ -160,6 +160,12 @@ class MongoRecordStore:
             raise RequestNotFound(request_id)
 
     @_wrap_errors()
+    def pending_deliveries(self) -> list[tuple[str, dict[str, Any]]]:
+        cursor = self.requests.find({"webhook.status": "pending"}, {"_id": 1, "webhook": 1})
+        ordered = cursor.sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        return [(doc["_id"], doc["webhook"]) for doc in ordered]
+
+    @_wrap_errors()
     def unfinished_requests(self) -> list[str]:
         cursor = self.requests.find({"status": _UNFINISHED}, {"_id": 1})
         return [doc["_id"] for doc in cursor.sort([("created_at", ASCENDING), ("_id", ASCENDING)])]

@@ -168,6 +168,14 @@ class SqliteRecordStore:
             if cursor.rowcount == 0:
                 raise RequestNotFound(request_id)
 
+    def pending_deliveries(self) -> list[tuple[str, dict[str, Any]]]:
+        # Few rows and rarely asked (at start-up): json_extract needs no extra index.
+        rows = self._read(
+            "SELECT request_id, webhook FROM requests"
+            " WHERE json_extract(webhook, '$.status') = 'pending' ORDER BY created_at, request_id"
+        )
+        return [(r["request_id"], json.loads(r["webhook"])) for r in rows]
+
     def unfinished_requests(self) -> list[str]:
         rows = self._read(
             f"SELECT request_id FROM requests WHERE {_UNFINISHED} ORDER BY created_at, request_id"

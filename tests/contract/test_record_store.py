@@ -194,6 +194,21 @@ def test_unfinished_requests_are_oldest_first_and_exclude_final(backend: Backend
     assert backend.reopen().unfinished_requests() == ["a", "b", "c"]
 
 
+def test_pending_deliveries_are_listed_oldest_first_and_survive_reopen(backend: Backend):
+    store = backend.store
+    for name, minutes in [("late", 2), ("early", 1), ("done", 0), ("none", 3)]:
+        store.create_request(new_request(name, created_at=T0 + timedelta(minutes=minutes)))
+    pending = {"id": "msg_1", "status": "pending", "attempts": [{"status_code": 503}]}
+    store.set_webhook_state("late", pending)
+    store.set_webhook_state("early", {**pending, "id": "msg_0"})
+    store.set_webhook_state("done", {"id": "msg_2", "status": "delivered"})
+
+    assert store.pending_deliveries() == [("early", {**pending, "id": "msg_0"}), ("late", pending)]
+    assert [rid for rid, _ in backend.reopen().pending_deliveries()] == ["early", "late"]
+    store.set_webhook_state("early", {"id": "msg_0", "status": "failed"})
+    assert [rid for rid, _ in store.pending_deliveries()] == ["late"]
+
+
 @pytest.mark.parametrize(
     "write",
     [
