@@ -170,7 +170,8 @@ def status_body(
         "output_csv_url": f"{base_url}/api/v1/output/{rid}.csv"
         if final and record.output_key
         else None,
-        "webhook": record.webhook or None,
+        # the delivery state without its stored payload (the receiver got that)
+        "webhook": {k: v for k, v in record.webhook.items() if k != "payload"} or None,
         "dashboard_url": dashboard_url,
     }
 

@@ -73,6 +73,8 @@ def main() -> None:
     app, services = build_from_env(settings)
     host = settings.host
     try:
+        if services.deliveries is not None and (waiting := services.deliveries.resume()):
+            log.info("resumed %d pending webhook deliver(ies)", waiting)
         resumed = services.runner.resume_unfinished()
         if resumed:
             log.info("resumed %d unfinished request(s)", len(resumed))

@@ -1,26 +1,34 @@
-"""Tell the outside world a request finished: a webhook POST.
+"""Webhooks receivers can trust: the event, its Standard Webhooks signature, one attempt.
 
-The payload is built by a pure function; delivery is one POST with a
-timeout, through the same address guard as image downloads. Every attempt is
-returned as data for the request's record, so the status API shows whether
-the receiver got it.
+The payload is built by a pure function. Each attempt POSTs the same body
+with `webhook-id` (stable across retries, so receivers can deduplicate),
+`webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
+"{id}.{timestamp}.{body}">`), through the SSRF-guarded pool, and comes back
+classified: delivered, retry later, or give up. Scheduling the retries is
+`pipeline.deliveries`' job.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import urllib3
 
-from pipeline.errors import FetchError
+from pipeline.errors import ConfigError, FetchError
 from pipeline.models import RequestRecord, iso
-from pipeline.netguard import check_url, guarded_pool
+from pipeline.netguard import guarded_pool, validate_url
 
-log = logging.getLogger(__name__)
 EVENT_COMPLETED = "request.completed"
+SECRET_PREFIX = "whsec_"
+MAX_RETRY_AFTER = 3600.0  # a receiver may ask for a pause, not for a week
 
 
 def completion_event(
@@ -42,44 +50,113 @@ def completion_event(
     }
 
 
-class WebhookNotifier:
+def secret_key(secret: str) -> bytes:
+    """The HMAC key: base64 after an optional `whsec_`, exactly as receivers' libraries
+    (Svix, standardwebhooks) read the same secret, so both sides derive the same key."""
+    encoded = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise ConfigError(
+            "WEBHOOK_SECRET must be base64, optionally prefixed whsec_; make one with "
+            'python -c "import base64,secrets;'
+            "print('whsec_'+base64.b64encode(secrets.token_bytes(32)).decode())\""
+        ) from exc
+    if len(key) < 16:
+        raise ConfigError("WEBHOOK_SECRET must decode to at least 16 bytes")
+    return key
+
+
+def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(key: bytes | None, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "imagepipe-webhook/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    if key:
+        headers["webhook-signature"] = signature(key, msg_id, timestamp, body)
+    return headers
+
+
+@dataclass(frozen=True)
+class Attempt:
+    at: str
+    status_code: int | None
+    error: str | None
+    outcome: str  # "delivered" | "retry" | "give_up"
+    retry_after: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "outcome"}
+
+
+class WebhookSender:
     def __init__(
         self,
         *,
+        secret: str = "",
         timeout: float = 10.0,
         allow_private_networks: bool = False,
         pool: urllib3.PoolManager | None = None,
+        clock=time.time,
     ):
+        self.key = secret_key(secret) if secret else None
         self.timeout = timeout
-        self.allow_private = allow_private_networks
         self.pool = pool or guarded_pool(allow_private_networks, retries=False)
+        self.clock = clock
 
-    def deliver(self, url: str, event: dict[str, Any]) -> dict[str, Any]:
-        """POST the event once; return the delivery state to record."""
-        attempt: dict[str, Any] = {"at": iso(datetime.now(UTC)), "status_code": None, "error": None}
-        state: dict[str, Any] = {"url": url, "event": event["event"], "attempts": [attempt]}
+    def send(self, url: str, msg_id: str, body: bytes) -> Attempt:
+        now = self.clock()
+        at = iso(datetime.fromtimestamp(now, UTC))
+        headers = signed_headers(self.key, msg_id, int(now), body)
         try:
-            check_url(url, allow_private=self.allow_private)
+            validate_url(url)  # shape (scheme, host, no userinfo); the pool checks addresses
             response = self.pool.request(
                 "POST",
                 url,
-                body=json.dumps(event).encode(),
-                headers={"Content-Type": "application/json", "User-Agent": "imagepipe-webhook/0.1"},
+                body=body,
+                headers=headers,
                 redirect=False,
                 retries=False,
                 timeout=urllib3.Timeout(total=self.timeout),
             )
-            attempt["status_code"] = response.status
-            ok = 200 <= response.status < 300
-            if not ok:
-                attempt["error"] = f"receiver answered HTTP {response.status}"
-        except FetchError as exc:
-            attempt["error"] = exc.reason
-            ok = False
-        except urllib3.exceptions.HTTPError as exc:
-            attempt["error"] = f"delivery failed: {exc}"
-            ok = False
-        state["status"] = "delivered" if ok else "failed"
-        if not ok:
-            log.warning("webhook to %s failed: %s", url, attempt["error"])
-        return state
+        except FetchError as exc:  # refused address or malformed URL: never retried
+            outcome = "retry" if exc.transient else "give_up"
+            return Attempt(at, None, exc.reason, outcome)
+        except urllib3.exceptions.HTTPError as exc:  # connection refused, reset, timeout
+            return Attempt(at, None, f"delivery failed: {_short(exc)}", "retry")
+        code = response.status
+        if 200 <= code < 300:
+            return Attempt(at, code, None, "delivered")
+        if code == 429 or code >= 500:
+            wait = _retry_after(response.headers.get("Retry-After"), now)
+            return Attempt(at, code, f"receiver answered HTTP {code}", "retry", wait)
+        if 300 <= code < 400:
+            error = f"receiver answered HTTP {code} (redirects are not followed)"
+            return Attempt(at, code, error, "give_up")
+        return Attempt(at, code, f"receiver answered HTTP {code}", "give_up")
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from `Retry-After` (delta-seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = (
+            float(value) if value.isdigit() else parsedate_to_datetime(value).timestamp() - now
+        )
+    except (TypeError, ValueError):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -29,9 +29,10 @@ from distributed.client import FutureCancelledError
 from pipeline import manifest, tasks
 from pipeline.csv_input import CsvLimits
 from pipeline.csv_output import output_csv_rows, render_csv
+from pipeline.deliveries import Deliveries
 from pipeline.errors import PipelineError
 from pipeline.models import ImageResult, RequestStatus
-from pipeline.notify import WebhookNotifier, completion_event
+from pipeline.notify import completion_event
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
@@ -63,8 +64,9 @@ class Runner:
         *,
         batch_size: int,
         limits: CsvLimits,
-        notifier: WebhookNotifier,
+        deliveries: Deliveries,
         api_base_url: str,
+        publish: Callable[[dict], object] | None = None,
         default_webhook_url: str = "",
         clock: Clock = utc_now,
     ):
@@ -74,7 +76,8 @@ class Runner:
         self.job_spec = job_spec
         self.batch_size = batch_size
         self.limits = limits
-        self.notifier = notifier
+        self.deliveries = deliveries
+        self.publish = publish
         self.api_base_url = api_base_url.rstrip("/")
         self.default_webhook_url = default_webhook_url
         self.clock = clock
@@ -254,17 +257,19 @@ class Runner:
         )
 
     def _notify(self, request_id: str) -> None:
+        """Queue the webhook (delivered and retried off this thread) and publish to NATS."""
         record = self.store.get_request(request_id)
         if record is None or not record.status.is_final:
-            return
-        url = record.webhook_url or self.default_webhook_url
-        if not url:
             return
         output = self.output_csv_url(request_id) if record.output_key else None
         event = completion_event(
             record, status_url=self.status_url(request_id), output_csv_url=output
         )
-        self.store.set_webhook_state(request_id, self.notifier.deliver(url, event))
+        url = record.webhook_url or self.default_webhook_url
+        if url:
+            self.deliveries.enqueue(request_id, url, event)
+        if self.publish is not None:
+            self.publish(event)
 
 
 def _describe(value: object) -> str:

@@ -14,8 +14,10 @@ from distributed import Client
 
 from pipeline.cluster import close_client, dashboard_url, start_client
 from pipeline.csv_input import CsvLimits
+from pipeline.deliveries import Deliveries, parse_schedule
 from pipeline.fetch import FetchConfig
-from pipeline.notify import WebhookNotifier
+from pipeline.nats_publisher import NatsPublisher
+from pipeline.notify import WebhookSender
 from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
 from pipeline.runner import Runner
 from pipeline.settings import Settings
@@ -34,8 +36,17 @@ class Services:
     runner: Runner
     descriptions: dict[str, str]
     dashboard_url: str | None = None
+    deliveries: Deliveries | None = None
+    nats: NatsPublisher | None = None
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = 5.0) -> None:
+        if self.deliveries is not None:
+            # Give due deliveries a moment; what is left stays pending in the
+            # records and is resumed by the next API start.
+            self.deliveries.wait_settled(drain_seconds)
+            self.deliveries.stop()
+        if self.nats is not None:
+            self.nats.close()
         close_client(self.client)
         self.store.close()
 
@@ -106,6 +117,15 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
             fetch_concurrency=settings.fetch_concurrency,
         )
 
+    sender = WebhookSender(
+        secret=settings.webhook_secret,
+        timeout=settings.webhook_timeout,
+        allow_private_networks=settings.allow_private_networks,
+    )
+    deliveries = Deliveries(
+        store, sender, schedule=parse_schedule(settings.webhook_retry_schedule)
+    ).start()
+    nats = NatsPublisher(settings.nats_url, settings.nats_subject) if settings.nats_url else None
     runner = Runner(
         client,
         store,
@@ -113,10 +133,8 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
         job_spec,
         batch_size=settings.batch_size,
         limits=csv_limits(settings),
-        notifier=WebhookNotifier(
-            timeout=settings.webhook_timeout,
-            allow_private_networks=settings.allow_private_networks,
-        ),
+        deliveries=deliveries,
+        publish=nats.publish if nats else None,
         api_base_url=settings.base_url,
         default_webhook_url=settings.webhook_url,
     )
@@ -124,6 +142,16 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
         f"webhook: {settings.webhook_url}"
         if settings.webhook_url
         else "webhook: none by default (set WEBHOOK_URL, or send webhook_url with an upload)"
+    )
+    descriptions["signing"] = (
+        "webhook signing: Standard Webhooks, HMAC-SHA256 (WEBHOOK_SECRET)"
+        if settings.webhook_secret
+        else "webhook signing: WARNING unsigned, receivers cannot verify (set WEBHOOK_SECRET)"
+    )
+    descriptions["nats"] = (
+        f"nats: publishing to {settings.nats_subject} on {settings.nats_url}"
+        if settings.nats_url
+        else "nats: off (set NATS_URL=nats://host:4222 to publish completion events)"
     )
     descriptions["network"] = (
         "network: WARNING private and loopback addresses allowed (ALLOW_PRIVATE_NETWORKS=1)"
@@ -134,5 +162,13 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
     for line in descriptions.values():
         log.info(line)
     return Services(
-        settings, store, storage, client, runner, descriptions, dashboard_url(client, settings)
+        settings,
+        store,
+        storage,
+        client,
+        runner,
+        descriptions,
+        dashboard_url(client, settings),
+        deliveries,
+        nats,
     )

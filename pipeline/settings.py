@@ -79,9 +79,15 @@ class Settings:
     # request is visible only to the key that made it. repr=False: never logged.
     api_keys: str = field(default="", repr=False)
 
-    # Notifications
+    # Notifications (README "Webhooks and NATS for receivers")
     webhook_url: str = ""
     webhook_timeout: float = 10.0
+    # Standard Webhooks signing key: whsec_<base64> (base64 of at least 16 bytes).
+    webhook_secret: str = field(default="", repr=False)
+    # Seconds before each retry (jittered); after the last, the delivery is "failed".
+    webhook_retry_schedule: str = "5,30,120,600,1800,3600"
+    nats_url: str = ""  # e.g. nats://127.0.0.1:4222; empty: no NATS
+    nats_subject: str = "images.request.completed"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +125,14 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
         self._validate_api_protection()
+        try:
+            delays = [float(p) for p in self.webhook_retry_schedule.split(",") if p.strip()]
+        except ValueError:
+            delays = []
+        if not delays or min(delays) < 0:
+            raise ConfigError(
+                "WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 5,30,120"
+            )
 
     def _validate_api_protection(self) -> None:
         for name in ("max_upload_bytes", "max_rows", "max_urls"):

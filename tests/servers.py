@@ -111,6 +111,8 @@ class WebhookReceiver(_Base):
 
     def __init__(self, status: int = 200):
         self.status = status
+        # (status, headers) answered to the next POSTs in turn; then `status`
+        self.script: list[tuple[int, dict[str, str]]] = []
         self.deliveries: list[dict] = []
         self.arrived = threading.Condition()
         super().__init__(_WebhookHandler)
@@ -136,11 +138,21 @@ class _WebhookHandler(BaseHTTPRequestHandler):
         owner: WebhookReceiver = self.server.owner  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with owner.arrived:
+            status, extra = owner.script.pop(0) if owner.script else (owner.status, {})
             owner.deliveries.append(
-                {"path": self.path, "headers": dict(self.headers), "body": json.loads(body)}
+                {
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": json.loads(body),
+                    "raw": body,
+                    "status": status,
+                    "at": time.monotonic(),
+                }
             )
             owner.arrived.notify_all()
-        self.send_response(owner.status)
+        self.send_response(status)
+        for name, value in extra.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", "0")
         self.end_headers()
 

@@ -22,7 +22,7 @@ import urllib3
 from pipeline.errors import FetchError
 from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.netguard import AddressRefused, check_url, guarded_pool, is_public_address
-from pipeline.notify import WebhookNotifier
+from pipeline.notify import WebhookSender
 
 pytestmark = pytest.mark.integration
 
@@ -214,15 +214,15 @@ def test_peer_address_is_checked_after_connect(image_server, monkeypatch):
 
 
 def test_webhook_pool_refuses_private_addresses(webhook_receiver):
-    notifier = WebhookNotifier(timeout=2)
-    state = notifier.deliver(webhook_receiver.url, {"event": "request.completed"})
-    assert state["status"] == "failed"
-    assert "non-public" in state["attempts"][0]["error"]
+    sender = WebhookSender(timeout=2)
+    attempt = sender.send(webhook_receiver.url, "msg_1", b'{"event":"request.completed"}')
+    assert attempt.outcome == "give_up"  # a refused address is not retried
+    assert "non-public" in attempt.error
     with pytest.raises(AddressRefused):
-        notifier.pool.request("POST", webhook_receiver.url, body=b"{}", retries=False)
+        sender.pool.request("POST", webhook_receiver.url, body=b"{}", retries=False)
     assert webhook_receiver.deliveries == []
-    allowed = WebhookNotifier(timeout=5, allow_private_networks=True)
-    assert allowed.deliver(webhook_receiver.url, {"event": "x"})["status"] == "delivered"
+    allowed = WebhookSender(timeout=5, allow_private_networks=True)
+    assert allowed.send(webhook_receiver.url, "msg_2", b'{"event":"x"}').outcome == "delivered"
 
 
 def test_private_networks_switch_still_fetches_loopback(image_server):

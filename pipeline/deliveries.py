@@ -1,0 +1,165 @@
+"""At-least-once webhook delivery, off the driver's thread, surviving restarts.
+
+Each finished request gets one delivery: a stable id (`msg_<request id>`), the
+event, and a state kept on the request record ("pending", "delivered",
+"failed", with the recent attempts). A thread sends due deliveries; a failure
+worth retrying (connection error, timeout, 429, 5xx) is tried again after the
+next delay of the schedule, jittered, or after the receiver's `Retry-After`
+when that is longer. 3xx and other 4xx give up at once. State is written
+after every attempt, so a restarted API finds pending deliveries
+(`resume()`) and carries on with the same id and body.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipeline.models import iso
+from pipeline.notify import WebhookSender
+from pipeline.records.base import RecordStore
+
+log = logging.getLogger(__name__)
+KEEP_ATTEMPTS = 10  # the status response shows the latest ones; the count is kept apart
+
+
+def body_of(event: dict[str, Any]) -> bytes:
+    """The exact bytes signed and sent: the same on every attempt, before and after restarts."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    delays = tuple(float(part) for part in text.split(",") if part.strip())
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError("a comma-separated list of non-negative seconds")
+    return delays
+
+
+class Deliveries:
+    def __init__(
+        self,
+        store: RecordStore,
+        sender: WebhookSender,
+        *,
+        schedule: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        jitter: Callable[[], float] = random.random,
+    ):
+        self.store = store
+        self.sender = sender
+        self.schedule = schedule
+        self.clock = clock
+        self.jitter = jitter
+        self._due: list[tuple[datetime, str]] = []
+        self._busy = 0
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> Deliveries:
+        self._thread = threading.Thread(target=self._loop, name="webhook-deliveries", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def resume(self) -> int:
+        """Queue every delivery a previous process left pending."""
+        pending = self.store.pending_deliveries()
+        for request_id, state in pending:
+            due = datetime.fromisoformat(state.get("next_attempt_at") or iso(self.clock()))
+            self._push(due, request_id)
+        return len(pending)
+
+    def wait_settled(self, timeout: float) -> bool:
+        """True when nothing is being sent or due now (later retries stay queued/persisted)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._busy and (not self._due or self._due[0][0] > self.clock()),
+                timeout,
+            )
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True when nothing is queued or being sent (for batch runs and tests)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._due and not self._busy, timeout)
+
+    # -- queueing -------------------------------------------------------------
+    def enqueue(self, request_id: str, url: str, event: dict[str, Any]) -> None:
+        now = self.clock()
+        state = {
+            "id": f"msg_{request_id}",
+            "event": event["event"],
+            "url": url,
+            "status": "pending",
+            "attempt_count": 0,
+            "attempts": [],
+            "next_attempt_at": iso(now),
+            "payload": event,
+        }
+        self.store.set_webhook_state(request_id, state)
+        self._push(now, request_id)
+
+    def _push(self, due: datetime, request_id: str) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (due, request_id))
+            self._cond.notify_all()
+
+    # -- the sending thread ---------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    if self._due and self._due[0][0] <= self.clock():
+                        _, request_id = heapq.heappop(self._due)
+                        self._busy += 1
+                        break
+                    wait = (self._due[0][0] - self.clock()).total_seconds() if self._due else None
+                    self._cond.wait(timeout=None if wait is None else max(0.01, min(wait, 60.0)))
+            try:
+                self._attempt(request_id)
+            except Exception:  # a store hiccup must not kill the thread; try again soon
+                log.exception("webhook delivery for %s failed unexpectedly", request_id)
+                self._push(self.clock() + timedelta(seconds=30), request_id)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def _attempt(self, request_id: str) -> None:
+        record = self.store.get_request(request_id)
+        state = dict(record.webhook) if record else {}
+        if state.get("status") != "pending":
+            return  # delivered or given up meanwhile (e.g. queued twice after a resume)
+        attempt = self.sender.send(state["url"], state["id"], body_of(state["payload"]))
+        count = state["attempt_count"] + 1
+        state["attempt_count"] = count
+        state["attempts"] = [*state["attempts"], attempt.record()][-KEEP_ATTEMPTS:]
+        if attempt.outcome == "delivered":
+            state.update(status="delivered", next_attempt_at=None)
+        elif attempt.outcome == "give_up" or count > len(self.schedule):
+            state.update(status="failed", next_attempt_at=None)
+            log.warning("webhook %s to %s failed: %s", state["id"], state["url"], attempt.error)
+        else:
+            delay = self.schedule[count - 1] * (0.5 + self.jitter())  # +-50%: no thundering herd
+            delay = max(delay, attempt.retry_after or 0.0)
+            due = self.clock() + timedelta(seconds=delay)
+            state["next_attempt_at"] = iso(due)
+            self.store.set_webhook_state(request_id, state)  # persisted before re-queued
+            self._push(due, request_id)
+            return
+        self.store.set_webhook_state(request_id, state)

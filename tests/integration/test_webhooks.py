@@ -1,0 +1,111 @@
+"""Webhook delivery against a real receiver on loopback: retries, give-ups, resume."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standardwebhooks import Webhook
+
+from pipeline.deliveries import Deliveries
+from pipeline.models import NewRequest
+from pipeline.notify import WebhookSender
+from pipeline.records import SqliteRecordStore
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+EVENT = {"event": "request.completed", "request_id": "r1", "status": "completed"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SqliteRecordStore(tmp_path / "records.db")
+    store.create_request(
+        NewRequest(request_id="r1", created_at=datetime.now(UTC), total_rows=1, total_images=1)
+    )
+    yield store
+    store.close()
+
+
+def deliveries(store, schedule=(0.05, 0.1, 0.2), **kw) -> Deliveries:
+    sender = WebhookSender(secret=SECRET, timeout=2, allow_private_networks=True)
+    return Deliveries(store, sender, schedule=schedule, jitter=lambda: 0.5, **kw).start()
+
+
+def final_state(store, d: Deliveries) -> dict:
+    assert d.wait_idle(30)
+    return store.get_request("r1").webhook
+
+
+def test_failing_then_accepting_receiver_gets_one_accepted_delivery(store, webhook_receiver):
+    webhook_receiver.script = [(503, {}), (429, {"Retry-After": "1"})]
+    d = deliveries(store)
+    d.enqueue("r1", webhook_receiver.url, EVENT)
+    state = final_state(store, d)
+    d.stop()
+
+    got = webhook_receiver.deliveries
+    assert [x["status"] for x in got] == [503, 429, 200]
+    assert len({x["headers"]["webhook-id"] for x in got}) == 1  # stable id for dedup
+    accepted = [x for x in got if x["status"] == 200]
+    assert len(accepted) == 1
+    assert Webhook(SECRET).verify(accepted[0]["raw"], accepted[0]["headers"]) == EVENT
+    assert got[2]["at"] - got[1]["at"] >= 0.95  # Retry-After honoured over the 0.1 s schedule
+    assert state["status"] == "delivered" and state["attempt_count"] == 3
+    assert [a["status_code"] for a in state["attempts"]] == [503, 429, 200]
+    assert state["attempts"][1]["retry_after"] == 1.0
+
+
+def test_receiver_down_for_the_whole_schedule_ends_failed(store):
+    d = deliveries(store)
+    d.enqueue("r1", f"http://127.0.0.1:{free_port()}/hook", EVENT)
+    state = final_state(store, d)
+    d.stop()
+    assert state["status"] == "failed"
+    assert state["attempt_count"] == 4  # the first try plus one per scheduled delay
+    assert all("delivery failed" in a["error"] for a in state["attempts"])
+
+
+@pytest.mark.parametrize(("status", "extra"), [(302, {"Location": "/elsewhere"}), (410, {})])
+def test_redirects_and_client_errors_give_up_at_once(store, webhook_receiver, status, extra):
+    webhook_receiver.script = [(status, extra)]
+    d = deliveries(store)
+    d.enqueue("r1", webhook_receiver.url, EVENT)
+    state = final_state(store, d)
+    d.stop()
+    assert state["status"] == "failed" and state["attempt_count"] == 1
+    assert [x["path"] for x in webhook_receiver.deliveries] == ["/hook"]  # not followed
+    assert f"HTTP {status}" in state["attempts"][0]["error"]
+
+
+def test_pending_delivery_is_resumed_after_a_restart(store, webhook_receiver):
+    webhook_receiver.script = [(503, {})]
+    first = deliveries(store, schedule=(3600,))  # next try an hour away
+    first.enqueue("r1", webhook_receiver.url, EVENT)
+    assert first.wait_settled(10)  # tried once, the retry is an hour away
+    first.stop()  # the API process goes away
+    assert store.get_request("r1").webhook["status"] == "pending"
+
+    later = datetime.now(UTC) + timedelta(hours=2)
+    second = deliveries(store, schedule=(3600,), clock=lambda: later)
+    assert second.resume() == 1
+    state = final_state(store, second)
+    second.stop()
+    assert state["status"] == "delivered" and state["attempt_count"] == 2
+    ids = {x["headers"]["webhook-id"] for x in webhook_receiver.deliveries}
+    assert ids == {"msg_r1"}
+
+
+def test_delivery_does_not_block_the_caller(store, webhook_receiver):
+    webhook_receiver.script = [(503, {})] * 3
+    d = deliveries(store, schedule=(0.2, 0.2, 0.2))
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (d.enqueue("r1", webhook_receiver.url, EVENT), done.set())
+    ).start()
+    assert done.wait(1.0)  # enqueue returns at once; retries happen on the delivery thread
+    assert final_state(store, d)["status"] == "delivered"
+    d.stop()
