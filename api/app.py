@@ -55,7 +55,7 @@ def create_app(
             settings.rate_limit_per_minute, settings.rate_limit_burst, clock=monotonic
         )
         middleware.append(RateLimit(buckets, keys.client_id, open_paths=UNLIMITED_PATHS))
-    middleware.append(RequireApiKey(keys, open_paths=UNLIMITED_PATHS))
+    middleware.append(RequireApiKey(keys, open_paths=PUBLIC_PATHS))
 
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
