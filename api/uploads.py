@@ -150,7 +150,9 @@ class Uploads:
                     webhook_url = part.text.strip() or None
         except falcon.MediaMalformedError as exc:
             raise falcon.HTTPBadRequest(
-                title="Malformed multipart body", description=str(exc.description or exc)
+                title="Malformed multipart body",
+                description=f"The body is not valid multipart/form-data "
+                f"({exc.description or exc}); send the CSV as -F file=@products.csv",
             ) from exc
         if data is None:
             raise falcon.HTTPBadRequest(

@@ -26,61 +26,170 @@ def zip_bomb() -> bytes:
     return buf.getvalue()
 
 
-def png_bytes() -> bytes:
+def gzip_bomb() -> bytes:
+    return gzip.compress(b"0" * 20_000_000)
+
+
+def image_bytes() -> bytes:
     from tests import imagefactory
 
     return imagefactory.jpeg_rgb()[:2000]
 
 
+U = "Input Image Urls"
+
+# name: (file, status, what the description must say, line, column). The line and
+# column are what the error names; None where the problem has no one place.
 BAD_CSVS = {
-    "empty file": (b"", 422, "empty"),
-    "whitespace only": (b"  \n\n", 422, "empty"),
-    "header only": (HEADER, 422, "no product rows"),
-    "missing column": (b"S. No.,Product Name\n1,Lamp\n", 422, "Input Image Urls"),
-    "wrong columns": (b"id,name,urls\n1,Lamp," + URL + b"\n", 422, "expected"),
+    "empty file": (b"", 422, "empty", None, None),
+    "whitespace only": (b"  \n\n", 422, "empty", None, None),
+    "header only": (HEADER, 422, "no product rows", 1, None),
+    "missing column": (b"S. No.,Product Name\n1,Lamp\n", 422, "missing column", 1, U),
+    "wrong columns": (b"id,name,urls\n1,Lamp," + URL + b"\n", 422, "expected", 1, "S. No."),
+    "no header row": (
+        b"1,Lamp," + URL + b"\n",
+        422,
+        "the first line must be the header",
+        1,
+        "S. No.",
+    ),
+    "misspelled column": (
+        b"S. No.,Product name,Input Image Urls\n1,Lamp," + URL + b"\n",
+        422,
+        "did you mean 'Product Name'",
+        1,
+        "Product Name",
+    ),
     "extra column": (
         b"S. No.,Product Name,Input Image Urls,Price\n1,Lamp," + URL + b",9\n",
         422,
+        "Price",
+        1,
         "Price",
     ),
     "duplicate header": (
         b"S. No.,Product Name,Input Image Urls,S. No.\n1,L," + URL + b",1\n",
         422,
+        "appears twice",
+        1,
         "S. No.",
     ),
     "semicolon delimiter": (
         b"S. No.;Product Name;Input Image Urls\n1;Lamp;" + URL + b"\n",
         422,
-        "comma",
+        "separated by semicolons",
+        1,
+        None,
     ),
     "tab delimiter": (
         b"S. No.\tProduct Name\tInput Image Urls\n1\tLamp\t" + URL + b"\n",
         422,
-        "comma",
+        "separated by tabs",
+        1,
+        None,
     ),
+    "pipe delimiter": (
+        b"S. No.|Product Name|Input Image Urls\n1|Lamp|" + URL + b"\n",
+        422,
+        "separated by '|'",
+        1,
+        None,
+    ),
+    "trailing comma on the header": (
+        HEADER.replace(b"\n", b",\n") + b"1,Lamp," + URL + b"\n",
+        422,
+        "header cell 4 is empty",
+        1,
+        None,
+    ),
+    "trailing comma on a row": (HEADER + b"1,Lamp," + URL + b",\n", 422, "4 cells", 2, None),
     "quoted newline in URL cell": (
         HEADER + b'1,Lamp,"' + URL + b'\nhttps://b.example/x.jpg"\n',
         422,
-        "Input Image Urls",
+        "cannot contain line breaks",
+        2,
+        U,
     ),
-    "non-UTF-8 bytes": (HEADER + b"1,L\xe4mpe," + URL + b"\n", 422, "UTF-8"),
-    "binary file (image)": (png_bytes(), 422, "not a text CSV"),
-    "zip bomb renamed .csv": (zip_bomb(), 422, "zip"),
+    "unclosed quote": (
+        HEADER + b'1,"Lamp,' + URL + b"\n2,Mug," + URL + b"\n",
+        422,
+        "never closed",
+        2,
+        None,
+    ),
+    "text after a closing quote": (
+        HEADER + b'1,"Lamp" large,' + URL + b"\n",
+        422,
+        "after its closing quote",
+        2,
+        None,
+    ),
+    "non-UTF-8 bytes": (HEADER + b"1,L\xe4mpe," + URL + b"\n", 422, "UTF-8", 2, None),
+    "UTF-16 text": (HEADER.decode().encode("utf-16"), 422, "UTF-16", None, None),
+    "NUL bytes in text": (HEADER + b"1,Lamp\x00," + URL + b"\n", 422, "NUL bytes", None, None),
+    "binary file (image)": (image_bytes(), 422, "not a text CSV", None, None),
+    "random bytes": (bytes(range(256)) * 8, 422, "binary", None, None),
+    "zip bomb renamed .csv": (zip_bomb(), 422, "zip archive", None, None),
+    "gzip bomb renamed .csv": (gzip_bomb(), 422, "gzip archive", None, None),
     "URL with a space inside": (
         HEADER + b"1,Lamp,https://img.example.com/my image.jpg\n",
         422,
         "space",
+        2,
+        U,
     ),
-    "trailing comma in URL cell": (HEADER + b'1,Lamp,"' + URL + b',"\n', 422, "empty"),
-    "empty URL between commas": (HEADER + b'1,Lamp,"' + URL + b",," + URL + b'"\n', 422, "empty"),
-    "row without URLs": (HEADER + b"1,Lamp,\n", 422, "no image URLs"),
-    "file: scheme": (HEADER + b"1,Lamp,file:///etc/passwd\n", 422, "file"),
-    "gopher: scheme": (HEADER + b"1,Lamp,gopher://127.0.0.1:6379/_FLUSHALL\n", 422, "gopher"),
-    "javascript: scheme": (HEADER + b"1,Lamp,javascript:alert(1)\n", 422, "javascript"),
-    "data: scheme": (HEADER + b'1,Lamp,"data:image/png;base64,AAAA"\n', 422, "data"),
-    "unquoted URL list": (HEADER + b"1,Lamp," + URL + b"," + URL + b"\n", 422, "quote"),
-    "missing product name": (HEADER + b"1,," + URL + b"\n", 422, "Product Name"),
-    "10 MB single cell": (HEADER + b'1,"' + b"x" * 10_000_000 + b'",' + URL + b"\n", 413, "limit"),
+    "URL with a zero-width space": (
+        HEADER + b"1,Lamp," + URL + "\u200b".encode() + b"\n",
+        422,
+        "U+200B",
+        2,
+        U,
+    ),
+    "trailing comma in URL cell": (HEADER + b'1,Lamp,"' + URL + b',"\n', 422, "empty", 2, U),
+    "empty URL between commas": (
+        HEADER + b'1,Lamp,"' + URL + b",," + URL + b'"\n',
+        422,
+        "URL 2 of 3 is empty",
+        2,
+        U,
+    ),
+    "row without URLs": (HEADER + b"1,Lamp,\n", 422, "no image URLs", 2, U),
+    "blank URL cell": (HEADER + b'1,Lamp,"   "\n', 422, "no image URLs", 2, U),
+    "file: scheme": (HEADER + b"1,Lamp,file:///etc/passwd\n", 422, "'file:' scheme", 2, U),
+    "gopher: scheme": (
+        HEADER + b"1,Lamp,gopher://127.0.0.1:6379/_FLUSHALL\n",
+        422,
+        "'gopher:' scheme",
+        2,
+        U,
+    ),
+    "javascript: scheme": (
+        HEADER + b"1,Lamp,javascript:alert(1)\n",
+        422,
+        "'javascript:' scheme",
+        2,
+        U,
+    ),
+    "data: scheme": (HEADER + b'1,Lamp,"data:image/png;base64,AAAA"\n', 422, "'data:'", 2, U),
+    "ftp: scheme": (HEADER + b"1,Lamp,ftp://img.example.com/a.jpg\n", 422, "'ftp:'", 2, U),
+    "URL without a scheme": (
+        HEADER + b"1,Lamp,img.example.com/a.jpg\n",
+        422,
+        "no scheme",
+        2,
+        U,
+    ),
+    "URL without a host": (HEADER + b"1,Lamp,https:///a.jpg\n", 422, "no host", 2, U),
+    "unquoted URL list": (HEADER + b"1,Lamp," + URL + b"," + URL + b"\n", 422, "quote", 2, U),
+    "missing serial": (HEADER + b",Lamp," + URL + b"\n", 422, "serial", 2, "S. No."),
+    "missing product name": (HEADER + b"1,," + URL + b"\n", 422, "Product Name", 2, "Product Name"),
+    "10 MB single cell": (
+        HEADER + b'1,"' + b"x" * 10_000_000 + b'",' + URL + b"\n",
+        413,
+        "limit",
+        None,
+        None,
+    ),
 }
 
 
@@ -96,11 +205,13 @@ def assert_nothing_recorded(settings, store, runner):
 
 @pytest.mark.parametrize("case", list(BAD_CSVS))
 def test_bad_csv_is_refused_with_a_clear_error(client, case, assert_nothing_recorded):
-    data, status, needle = BAD_CSVS[case]
+    data, status, needle, row, column = BAD_CSVS[case]
     response = upload(client, data, filename="products.csv")
     assert response.status_code == status, response.json
+    assert response.headers["content-type"].startswith("application/json")
     assert response.json["title"]
     assert needle.lower() in response.json["description"].lower(), response.json["description"]
+    assert (response.json.get("row"), response.json.get("column")) == (row, column)
     assert_nothing_recorded()
 
 
@@ -197,4 +308,46 @@ def test_bad_webhook_url_is_refused_at_upload(client, webhook, assert_nothing_re
     response = upload(client, HEADER + b"1,Lamp," + URL + b"\n", webhook_url=webhook)
     assert response.status_code == 422
     assert "webhook_url" in response.json["description"]
+    assert_nothing_recorded()
+
+
+def _cut(body: bytes, where: str) -> bytes:
+    if where == "inside the CSV":
+        return body[: body.index(b"Lamp")]
+    return body[: body.rindex(b"--")]  # the closing boundary is missing
+
+
+@pytest.mark.parametrize(
+    ("make_body", "headers", "needle"),
+    [
+        (lambda b: b"not a multipart body at all", None, "not valid multipart"),
+        (lambda b: _cut(b, "inside the CSV"), None, "not valid multipart"),
+        (lambda b: _cut(b, "closing boundary"), None, "not valid multipart"),
+        (lambda b: b.replace(b"\r\n\r\n", b"\r\n", 1), None, "not valid multipart"),
+        (lambda b: b, {"Content-Type": "multipart/form-data"}, "boundary"),
+    ],
+    ids=["garbage", "cut in the CSV", "no closing boundary", "broken part headers", "no boundary"],
+)
+def test_malformed_multipart_is_400_and_records_nothing(
+    client, assert_nothing_recorded, make_body, headers, needle
+):
+    body, form_headers = multipart(
+        {"file": ("p.csv", HEADER + b"1,Lamp," + URL + b"\n", "text/csv")}
+    )
+    response = client.simulate_post(
+        "/api/v1/upload", body=make_body(body), headers=headers or form_headers
+    )
+    assert response.status_code == 400
+    assert response.json["title"] and needle in response.json["description"]
+    assert_nothing_recorded()
+
+
+def test_an_oversized_form_field_is_refused(client, assert_nothing_recorded):
+    # The file is read with its own limit; any other field is capped by the parser
+    # (a few KiB), whatever room the body limit leaves.
+    response = upload(
+        client, HEADER + b"1,Lamp," + URL + b"\n", webhook_url="https://h.example/" + "a" * 40_000
+    )
+    assert response.status_code == 400
+    assert "too large" in response.json["description"]
     assert_nothing_recorded()
