@@ -125,7 +125,11 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
     deliveries = Deliveries(
         store, sender, schedule=parse_schedule(settings.webhook_retry_schedule)
     ).start()
-    nats = NatsPublisher(settings.nats_url, settings.nats_subject) if settings.nats_url else None
+    nats = (
+        NatsPublisher(settings.nats_url, settings.nats_subject).start()
+        if settings.nats_url
+        else None
+    )
     runner = Runner(
         client,
         store,
