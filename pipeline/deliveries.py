@@ -145,6 +145,9 @@ class Deliveries:
         state = dict(record.webhook) if record else {}
         if state.get("status") != "pending":
             return  # delivered or given up meanwhile (e.g. queued twice after a resume)
+        due = state.get("next_attempt_at")
+        if due and datetime.fromisoformat(due) > self.clock():
+            return  # a stale duplicate entry; the one for the persisted due time is queued
         attempt = self.sender.send(state["url"], state["id"], body_of(state["payload"]))
         count = state["attempt_count"] + 1
         state["attempt_count"] = count

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook
 
+from api.resources import status_body
 from pipeline.deliveries import Deliveries
 from pipeline.models import NewRequest
 from pipeline.notify import WebhookSender
@@ -30,9 +31,10 @@ def store(tmp_path):
     store.close()
 
 
-def deliveries(store, schedule=(0.05, 0.1, 0.2), **kw) -> Deliveries:
+def deliveries(store, schedule=(0.05, 0.1, 0.2), start=True, **kw) -> Deliveries:
     sender = WebhookSender(secret=SECRET, timeout=2, allow_private_networks=True)
-    return Deliveries(store, sender, schedule=schedule, jitter=lambda: 0.5, **kw).start()
+    d = Deliveries(store, sender, schedule=schedule, jitter=lambda: 0.5, **kw)
+    return d.start() if start else d
 
 
 def final_state(store, d: Deliveries) -> dict:
@@ -57,6 +59,10 @@ def test_failing_then_accepting_receiver_gets_one_accepted_delivery(store, webho
     assert state["status"] == "delivered" and state["attempt_count"] == 3
     assert [a["status_code"] for a in state["attempts"]] == [503, 429, 200]
     assert state["attempts"][1]["retry_after"] == 1.0
+    shown = status_body(store.get_request("r1"), "http://api")["webhook"]  # the status API
+    assert shown["status"] == "delivered" and shown["id"] == "msg_r1"
+    assert [a["status_code"] for a in shown["attempts"]] == [503, 429, 200]
+    assert all(a["at"] for a in shown["attempts"]) and "payload" not in shown
 
 
 def test_receiver_down_for_the_whole_schedule_ends_failed(store):
@@ -109,3 +115,15 @@ def test_delivery_does_not_block_the_caller(store, webhook_receiver):
     assert done.wait(1.0)  # enqueue returns at once; retries happen on the delivery thread
     assert final_state(store, d)["status"] == "delivered"
     d.stop()
+
+
+def test_a_delivery_queued_twice_is_still_tried_on_schedule(store, webhook_receiver):
+    webhook_receiver.script = [(503, {})]
+    d = deliveries(store, schedule=(3600,), start=False)
+    d.enqueue("r1", webhook_receiver.url, EVENT)
+    assert d.resume() == 1  # the same delivery queued a second time
+    d.start()
+    assert d.wait_settled(10)
+    d.stop()
+    assert len(webhook_receiver.deliveries) == 1  # the retry waits its hour
+    assert store.get_request("r1").webhook["attempt_count"] == 1
