@@ -33,7 +33,7 @@ system-deps:
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "note: missing$$missing; install $(DEBIAN_PACKAGES) (or your system's equivalents)"; exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	else echo "note: missing$$missing; run: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 0; fi; \
 	echo "installing $(DEBIAN_PACKAGES) (missing:$$missing)"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null
