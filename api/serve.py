@@ -22,19 +22,20 @@ def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Servic
     services = build_services(settings)
 
     def health() -> dict:
-        info = (
-            services.client.scheduler_info(n_workers=-1)
-            if services.client.status == "running"
-            else {}
-        )
+        # The runner's client: it connects a new one when a lost scheduler outlasts
+        # the old one's reconnecting (a closed client has no scheduler address).
+        client = services.runner.client
+        info = client.scheduler_info(n_workers=-1) if client.status == "running" else {}
         return {
             "records": services.descriptions["records"],
             "storage": services.descriptions["storage"],
             "dask": {
-                "status": services.client.status,
+                "status": client.status,
                 "workers": len(info.get("workers", {})),
                 "dashboard": services.dashboard_url,
-                "scheduler": services.client.scheduler.address,
+                "scheduler": client.scheduler.address
+                if client.scheduler
+                else settings.dask_scheduler_address,
             },
         }
 
@@ -93,4 +94,7 @@ def main() -> None:
             _quiet=True,
         )
     finally:
+        # Requests in flight stay unfinished for the next start, not failed by the
+        # shutdown (closing the client cancels their futures).
+        services.runner.stop()
         services.close()

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
 from distributed import Client, LocalCluster
+from distributed.comm import connect
 
 from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def start_client(settings: Settings) -> tuple[Client, str]:
     """Return a client and a one-line description for the startup log."""
     if settings.dask_scheduler_address:
-        client = Client(settings.dask_scheduler_address, timeout="20s")
+        # Waits up to Dask's connect timeout (`distributed.comm.timeouts.connect`,
+        # 30 s, or DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT) for the scheduler; the
+        # same timeout bounds the client's reconnecting when the scheduler goes away.
+        client = Client(settings.dask_scheduler_address)
         address, dashboard = settings.dask_scheduler_address, dashboard_url(client, settings)
         return client, f"dask: scheduler {address}, dashboard {dashboard}"
     workers = settings.dask_workers or os.cpu_count() or 1
@@ -30,6 +37,27 @@ def start_client(settings: Settings) -> tuple[Client, str]:
         f"dask: LocalCluster, {workers} workers x {settings.dask_threads_per_worker} threads, "
         f"dashboard {dashboard} (set DASK_SCHEDULER_ADDRESS=tcp://host:8786 to use a cluster)"
     )
+
+
+def reconnect(address: str) -> Client | None:
+    """A new client of the scheduler at `address`, or None while it cannot be reached.
+
+    For when a client has given up reconnecting and closed. The scheduler is
+    probed first because a Client whose first connection fails leaves its
+    event-loop thread running, one more on every attempt.
+    """
+
+    async def probe() -> None:
+        comm = await connect(address)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+        # The default client, as the one it replaces was (`as_completed` uses its loop).
+        return Client(address)
+    except OSError as exc:
+        log.warning("Dask scheduler %s still unreachable: %s", address, exc)
+        return None
 
 
 def close_client(client: Client) -> None:

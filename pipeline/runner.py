@@ -11,7 +11,12 @@ For each request one driver thread in the API process:
 Re-running a request (after a restart) redoes only images without a result.
 When the connection to the scheduler drops, Dask cancels every future; those
 images stay pending, and once the client has reconnected they are submitted
-again (a bounded number of times) rather than recorded as failed.
+again (a bounded number of times) rather than recorded as failed. A client
+gives up reconnecting after its connect timeout and closes for good; the
+runner then connects a new client to the same scheduler address, so a
+scheduler that is away for longer does not leave the process unable to run
+anything again. When the process shuts down (`stop()`), requests in flight are
+left unfinished for the next start to resume, never failed for it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from datetime import UTC, datetime
 from distributed import Client, as_completed
 from distributed.client import FutureCancelledError
 
-from pipeline import manifest, tasks
+from pipeline import cluster, manifest, tasks
 from pipeline.csv_input import CsvLimits
 from pipeline.csv_output import output_csv_rows, render_csv
 from pipeline.deliveries import Deliveries
@@ -40,14 +45,18 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 # How often a request is resubmitted after losing the scheduler, and how long the
-# driver waits for the client to reconnect each time (the client itself gives up
-# after its own connect timeout and closes).
+# driver waits for the scheduler each time (the client's own reconnecting, then
+# new clients once it has given up and closed).
 SCHEDULER_ROUNDS = 3
 RECONNECT_TIMEOUT = 120.0
 
 
 class SchedulerLost(PipelineError):
     """The Dask scheduler went away and the client could not get it back."""
+
+
+class ShuttingDown(PipelineError):
+    """The process is stopping; the request is left for the next start to resume."""
 
 
 def utc_now() -> datetime:
@@ -71,6 +80,15 @@ class Runner:
         clock: Clock = utc_now,
     ):
         self.client = client
+        # Where to connect a new client when this one gives up on its scheduler.
+        # (Not for a LocalCluster: its scheduler lives and dies with this process.)
+        self._scheduler_address = (
+            client.scheduler.address if client.cluster is None and client.scheduler else None
+        )
+        self._reconnect_lock = threading.Lock()
+        self._client_lock = threading.Lock()
+        self._own_client: Client | None = None  # a replacement this runner must close
+        self._stopping = threading.Event()
         self.store = store
         self.storage = storage
         self.job_spec = job_spec
@@ -104,6 +122,19 @@ class Runner:
             return not thread.is_alive()
         return True
 
+    def stop(self) -> None:
+        """The process is shutting down: stop driving requests and leave them unfinished.
+
+        Call before the Dask client and the record store are closed: closing the
+        client cancels every future, which must not read as a lost scheduler
+        (a request failed, or a new client connected on the way out).
+        """
+        self._stopping.set()
+        with self._client_lock:
+            own = self._own_client
+        if own is not None:
+            own.close()
+
     def resume_unfinished(self) -> list[str]:
         """Pick up requests a previous process left pending or processing."""
         ids = self.store.unfinished_requests()
@@ -124,6 +155,9 @@ class Runner:
             if not self._process(request_id):
                 return
         except Exception as exc:
+            if self._stopping.is_set():
+                log.info("request %s left for the next start to resume (%s)", request_id, exc)
+                return
             log.exception("request %s failed", request_id)
             self.store.finish(
                 request_id, RequestStatus.FAILED, self.clock(), error=f"{type(exc).__name__}: {exc}"
@@ -139,6 +173,8 @@ class Runner:
         record = self.store.get_request(request_id)
         if record is None or record.status.is_final:
             return False
+        if self.client.status in ("closing", "closed"):
+            self._await_scheduler(request_id)
         self.store.mark_processing(request_id, self.clock())
         spec = self.job_spec(request_id)
         info = self._stage(request_id, spec)
@@ -170,23 +206,50 @@ class Runner:
             )
             try:
                 return stage.result()
-            except FutureCancelledError:
+            except (FutureCancelledError, OSError):
+                if stage.status == "error":
+                    raise  # the task's own failure (e.g. the input CSV is missing)
+                # Cancelled, or the scheduler went away while sending the result.
                 self._await_scheduler(request_id)
             finally:
                 stage.release()
         raise SchedulerLost(f"lost the connection to the Dask scheduler {SCHEDULER_ROUNDS} times")
 
     def _await_scheduler(self, request_id: str) -> None:
-        """Block until the client has reconnected; raise when it gave up."""
+        """Block until connected to the scheduler again; raise after RECONNECT_TIMEOUT."""
         log.warning("request %s: lost the Dask scheduler, waiting to reconnect", request_id)
         deadline = time.monotonic() + RECONNECT_TIMEOUT
         while self.client.status != "running":
-            if self.client.status in ("closing", "closed") or time.monotonic() > deadline:
+            if self._stopping.is_set():
+                raise ShuttingDown("the API is stopping")
+            if self.client.status in ("closing", "closed"):
+                if self._scheduler_address is None:
+                    raise SchedulerLost("the Dask cluster of this process has closed")
+                self._replace_closed_client()
+            if time.monotonic() > deadline:
                 raise SchedulerLost(
                     f"lost the connection to the Dask scheduler and could not reconnect "
-                    f"(client {self.client.status})"
+                    f"in {RECONNECT_TIMEOUT:g}s (client {self.client.status})"
                 )
             time.sleep(0.2)
+
+    def _replace_closed_client(self) -> None:
+        """Connect a new client when the current one closed; keep it when that fails."""
+        if self._scheduler_address is None:
+            return
+        with self._reconnect_lock:  # one driver thread reconnects, the others see the result
+            if self.client.status not in ("closing", "closed") or self._stopping.is_set():
+                return
+            # Takes up to Dask's connect timeout while the scheduler is away.
+            client = cluster.reconnect(self._scheduler_address)
+            if client is None:
+                return
+            with self._client_lock:
+                if not self._stopping.is_set():
+                    log.info("new client of the Dask scheduler %s", self._scheduler_address)
+                    self.client = self._own_client = client
+                    return
+            client.close()
 
     def _submit_pending(
         self,
@@ -215,27 +278,44 @@ class Runner:
         return futures
 
     def _collect(self, request_id: str, futures: dict) -> bool:
-        """Record every settled batch; False when some were cancelled (scheduler lost)."""
+        """Record every settled batch; False when some were not (scheduler lost)."""
         settled = True
-        for group in as_completed(futures, with_results=True, raise_errors=False).batches():
+        # Results are gathered here, not by `as_completed(with_results=True)`: when the
+        # scheduler goes away while it gathers one, its tracking task dies and the
+        # iteration waits forever for that future (dask/distributed#7331).
+        for group in as_completed(futures).batches():
+            finished = [f for f in group if f.status == "finished"]
+            values = self._gather(finished)
             results: list[ImageResult] = []
-            for future, value in group:
-                if future.status == "finished":
-                    results.extend(value)
-                elif future.status == "cancelled":
-                    # Not the images' fault: they stay pending and are submitted again.
-                    settled = False
-                else:
+            for future in group:
+                if future.status == "error":
                     # The whole batch failed after its retries (e.g. workers kept dying):
                     # each of its images gets the reason, and the request still finishes.
-                    reason = f"batch task failed: {_describe(value)}"
+                    reason = f"batch task failed: {_describe(future.exception())}"
                     results.extend(
                         ImageResult(row, position, ok=False, error=reason)
                         for row, position in futures[future]
                     )
+                elif future in values:
+                    results.extend(values[future])
+                else:
+                    # Cancelled or not gathered: not the images' fault. They stay
+                    # pending and are submitted again.
+                    settled = False
                 future.release()
             self.store.apply_results(request_id, results, self.clock())
         return settled
+
+    @staticmethod
+    def _gather(finished: list) -> dict:
+        """The finished futures' results; none when the scheduler went away meanwhile."""
+        if not finished:
+            return {}
+        try:
+            return dict(zip(finished, finished[0].client.gather(finished), strict=True))
+        except (FutureCancelledError, OSError) as exc:
+            log.warning("could not gather %d batch results: %s", len(finished), exc)
+            return {}
 
     def _complete(self, request_id: str) -> None:
         counters = self.store.recount(request_id)
@@ -272,8 +352,5 @@ class Runner:
             self.publish(event)
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
-        exc = value[1]
-        return f"{type(exc).__name__}: {exc}"
-    return repr(value)
+def _describe(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}"

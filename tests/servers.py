@@ -21,6 +21,8 @@ class Route:
     # The first `fail_first` requests get `fail_status` (a host that is briefly unwell).
     fail_first: int = 0
     fail_status: int = 503
+    # When set, responses wait until it is (tests arrange a fault while downloads hang).
+    hold: threading.Event | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -95,6 +97,8 @@ class _ImageHandler(BaseHTTPRequestHandler):
         if hit <= route.fail_first:
             self.send_error(route.fail_status)
             return
+        if route.hold is not None:
+            route.hold.wait(60)
         if route.delay:
             time.sleep(route.delay)
         self.send_response(route.status)

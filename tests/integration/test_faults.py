@@ -1,8 +1,8 @@
 """Faults injected for real while a request is in flight; it still completes.
 
 Each test breaks one real part (a Dask worker process, the API process, the
-image host, the storage) in the middle of a request and checks what a user
-relies on: the request reaches a final status with every image accounted
+scheduler, the image host, the storage) in the middle of a request and checks
+what a user relies on: the request reaches a final status with every image accounted
 for exactly once, every output exists, the output CSV is complete and the
 webhook is delivered once.
 """
@@ -10,15 +10,19 @@ webhook is delivered once.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from distributed import Client
+from PIL import Image
 
 from pipeline.models import output_key
 from tests import imagefactory as images
@@ -67,9 +71,27 @@ def wait_until(
     raise AssertionError(f"condition not met in {timeout}s: {status}\n{service.logs()}")
 
 
+def eventually(probe: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.1)
+
+
 def images_by_url(service: Service, request_id: str) -> dict[str, dict]:
     body = service.get_json(f"/api/v1/status/{request_id}?page=1&per_page=500")
     return {i["input_url"]: i for p in body["products"] for i in p["images"]}
+
+
+def upload_and_wait_in_flight(
+    service: Service, urls: list[str], webhook: WebhookReceiver
+) -> tuple[str, list[str]]:
+    """Upload, wait until some images are done and some not; those done so far."""
+    request_id = upload(service, urls, webhook)
+    wait_until(service, request_id, in_flight)
+    by_url = images_by_url(service, request_id)
+    return request_id, [u for u, i in by_url.items() if i["status"] == "done"]
 
 
 def in_flight(status: dict) -> bool:
@@ -103,7 +125,11 @@ def assert_accounted_for(
         for input_url, output_url in zip(row[2].split(","), row[3].split(","), strict=True):
             assert output_url == (by_url[input_url]["output_url"] or "")
 
-    webhook.wait_for(1)
+    with webhook.arrived:
+        delivered = webhook.arrived.wait_for(
+            lambda: any(d["body"]["request_id"] == request_id for d in webhook.deliveries), 60
+        )
+    assert delivered, f"no webhook for {request_id}: {webhook.deliveries}"
     service.get_json(f"/api/v1/status/{request_id}")  # one more round trip for late duplicates
     events = [d["body"] for d in webhook.deliveries if d["body"]["request_id"] == request_id]
     assert len(events) == 1, events
@@ -154,11 +180,7 @@ def test_api_killed_and_restarted_resumes_the_request(
     ).start()
     try:
         urls = slow_images(image_server, 16, delay=0.8)
-        request_id = upload(service, urls, webhook_receiver)
-        wait_until(service, request_id, in_flight)
-        done_before = [
-            u for u, i in images_by_url(service, request_id).items() if i["status"] == "done"
-        ]
+        request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
         service.kill()
         assert done_before
 
@@ -180,11 +202,7 @@ def test_scheduler_restarted_mid_request(tmp_path, cluster, image_server, webhoo
     ).start()
     try:
         urls = slow_images(image_server, 16, delay=0.8)
-        request_id = upload(service, urls, webhook_receiver)
-        wait_until(service, request_id, in_flight)
-        done_before = [
-            u for u, i in images_by_url(service, request_id).items() if i["status"] == "done"
-        ]
+        request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
         # The whole cluster restarts (scheduler and workers) on the same address; the
         # API's client reconnects to it. The batches in flight were lost with it.
         for name in ["scheduler", "w1", "w2"]:
@@ -194,6 +212,64 @@ def test_scheduler_restarted_mid_request(tmp_path, cluster, image_server, webhoo
         assert_accounted_for(service, request_id, urls, webhook_receiver)
         path = image_server.base_url
         assert all(image_server.hits[u.removeprefix(path)] == 1 for u in done_before)
+    finally:
+        service.stop()
+
+
+def test_scheduler_away_longer_than_the_client_reconnects(
+    tmp_path, cluster, image_server, webhook_receiver
+):
+    # A Dask client gives up reconnecting after its connect timeout and closes for
+    # good; 2 s here (30 s by default) so the outage below outlasts it quickly.
+    service = Service(
+        tmp_path / "data",
+        DASK_SCHEDULER_ADDRESS=cluster.address,
+        DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s",
+        BATCH_SIZE="2",
+    ).start()
+    try:
+        urls = slow_images(image_server, 12, delay=0.8)
+        request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
+        for name in ["scheduler", "w1", "w2"]:
+            cluster.kill(name)
+        # The health check keeps answering while the client has given up.
+        eventually(
+            lambda: service.get_json("/health")["dask"]["status"] == "closed",
+            "the API's Dask client gave up reconnecting",
+        )
+        cluster.start()
+
+        # The runner connected a new client: the request finished, nothing redone...
+        assert_accounted_for(service, request_id, urls, webhook_receiver)
+        path = image_server.base_url
+        assert all(image_server.hits[u.removeprefix(path)] == 1 for u in done_before)
+        health = service.get_json("/health")["dask"]
+        assert (health["status"], health["workers"]) == ("running", 2)
+        # ...and the process takes new work.
+        later = slow_images(image_server, 2, delay=0, prefix="later/")
+        assert_accounted_for(
+            service, upload(service, later, webhook_receiver), later, webhook_receiver
+        )
+    finally:
+        service.stop()
+
+
+def test_api_stopped_mid_request_leaves_it_for_the_next_start(
+    tmp_path, cluster, image_server, webhook_receiver
+):
+    # SIGTERM (a deploy, `docker stop`): closing the Dask client on the way out
+    # cancels the request's futures, which must not fail the request.
+    service = Service(
+        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2"
+    ).start()
+    try:
+        urls = slow_images(image_server, 12, delay=0.8)
+        request_id = upload(service, urls, webhook_receiver)
+        wait_until(service, request_id, in_flight)
+        service.stop()
+
+        service.restart()
+        assert_accounted_for(service, request_id, urls, webhook_receiver)
     finally:
         service.stop()
 
@@ -277,15 +353,72 @@ def test_image_host_going_away_and_coming_back(flaky_service, image_server, webh
     assert len(hit_before_outage) < len(urls)
 
 
-def test_storage_write_failing_for_one_image(flaky_service, image_server, webhook_receiver):
-    urls = slow_images(image_server, 4, delay=1.5, prefix="store/")
-    request_id = upload(flaky_service, urls, webhook_receiver)
-    # Output keys are deterministic: a directory where image (row 0, position 1) goes
-    # makes every write of that one object fail while the downloads are still slow.
-    blocked = flaky_service.data_dir / "objects" / output_key(request_id, 0, 1)
-    blocked.mkdir(parents=True)
+def noisy_jpeg(size: tuple[int, int] = (700, 700)) -> bytes:
+    """Noise hardly compresses: re-encoded, it is still ~200 KB, far more than a pipe holds."""
+    pixels = random.Random(7).randbytes(size[0] * size[1] * 3)
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, pixels).save(out, "JPEG", quality=95)
+    return out.getvalue()
 
-    by_url = assert_accounted_for(flaky_service, request_id, urls, webhook_receiver, failed=1)
+
+class BrokenWrite(threading.Thread):
+    """A FIFO at an object's path: its first write breaks halfway (EPIPE), once.
+
+    The task's `open(path, "wb")` waits for this reader; the reader then unlinks
+    the path (the next attempt writes a regular file) and closes without reading,
+    so the writer, stuck on the full pipe, gets a broken pipe: like a storage
+    connection reset in the middle of an upload.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+        self.path = path
+        self.pipe_size = 0
+        self.broke = threading.Event()
+
+    def run(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        self.pipe_size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        self.path.unlink()
+        os.close(fd)
+        self.broke.set()
+
+    def release(self) -> None:
+        """Unblock the reader if no write ever came (a failing test)."""
+        if not self.broke.is_set() and self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_storage_write_failing(flaky_service, image_server, webhook_receiver):
+    # Downloads hang until the faults are in place: output keys are deterministic,
+    # but the request id is known only once the upload is answered.
+    hold = threading.Event()
+    urls = [
+        image_server.add(f"/store/{i}.jpg", body, content_type="image/jpeg", hold=hold)
+        for i, body in enumerate([JPEG, JPEG, noisy_jpeg(), JPEG])
+    ]
+    request_id = upload(flaky_service, urls, webhook_receiver)
+    objects = flaky_service.data_dir / "objects"
+    # A directory where image (row 0, position 1) goes: every write of it fails.
+    blocked = objects / output_key(request_id, 0, 1)
+    blocked.mkdir(parents=True)
+    # Image (row 1, position 0): the first write breaks, the retry stores it.
+    broken = BrokenWrite(objects / output_key(request_id, 1, 0))
+    broken.start()
+    hold.set()
+    try:
+        by_url = assert_accounted_for(flaky_service, request_id, urls, webhook_receiver, failed=1)
+    finally:
+        broken.release()
+
     assert by_url[urls[1]]["status"] == "failed"
     assert by_url[urls[1]]["error"].startswith("storage write failed: "), by_url[urls[1]]
     assert blocked.is_dir() and not os.listdir(blocked)
+
+    assert broken.broke.is_set(), "the first write of the noisy image never came"
+    assert by_url[urls[2]]["bytes_out"] > broken.pipe_size  # so that write could not finish
+    assert by_url[urls[2]]["status"] == "done", by_url[urls[2]]
+    assert (objects / output_key(request_id, 1, 0)).is_file()
+    assert all(image_server.hits[f"/store/{i}.jpg"] == 1 for i in range(4))
