@@ -23,6 +23,7 @@ from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.models import ImageItem, ImageResult, image_items, output_key
 from pipeline.storage import Storage, StorageConfig, storage_for
 from pipeline.transform import compress
+from pipeline.worker_memory import tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def process_batch(
     spec: JobSpec, manifest_key: str, batch: int, only: frozenset[tuple[int, int]] | None = None
 ) -> list[ImageResult]:
     """Download, compress and store one batch; `only` limits it to images still pending."""
+    tune_allocator()
     storage = storage_for(spec.storage)
     items = manifest.read_batch(storage, manifest_key, batch)
     if only is not None:
