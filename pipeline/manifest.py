@@ -7,7 +7,8 @@ on S3), never the whole CSV.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -78,13 +79,25 @@ def write_manifest(
 
 
 def read_batch(storage: Storage, key: str, batch: int) -> list[ImageItem]:
+    metadata = _footer(storage, key, storage.stamp(key))
     with storage.open(key, "rb") as fh:
-        return from_table(pq.ParquetFile(fh).read_row_group(batch))
+        return from_table(pq.ParquetFile(fh, metadata=metadata).read_row_group(batch))
 
 
-def read_all(storage: Storage, key: str) -> list[ImageItem]:
+# The footer describes every row group: at 100k images (3,125 groups) it is
+# ~1.7 MB and takes ~15 ms to parse, against <1 ms to read one group. Each
+# worker process parses it once per manifest version, not once per task.
+@functools.lru_cache(maxsize=8)
+def _footer(storage: Storage, key: str, stamp: str) -> pq.FileMetaData:
     with storage.open(key, "rb") as fh:
-        return from_table(pq.read_table(fh))
+        return pq.read_metadata(fh)
+
+
+def iter_items(storage: Storage, key: str, chunk: int = 10_000) -> Iterator[list[ImageItem]]:
+    """Every image in manifest order, `chunk` at a time (memory stays flat)."""
+    with storage.open(key, "rb") as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=chunk):
+            yield from_table(pa.Table.from_batches([batch]))
 
 
 def batch_of(index: int, batch_size: int) -> int:

@@ -178,12 +178,9 @@ class Runner:
         self.store.mark_processing(request_id, self.clock())
         spec = self.job_spec(request_id)
         info = self._stage(request_id, spec)
-        items = manifest.read_all(self.storage, info.key)
-        self.store.add_images(request_id, items)
-
-        position_in_manifest = {(i.row, i.position): n for n, i in enumerate(items)}
+        row_starts = self._add_images(request_id, info)
         for _ in range(SCHEDULER_ROUNDS):
-            futures = self._submit_pending(request_id, spec, info, position_in_manifest)
+            futures = self._submit_pending(request_id, spec, info, row_starts)
             if self._collect(request_id, futures):
                 break
             self._await_scheduler(request_id)
@@ -214,6 +211,23 @@ class Runner:
             finally:
                 stage.release()
         raise SchedulerLost(f"lost the connection to the Dask scheduler {SCHEDULER_ROUNDS} times")
+
+    def _add_images(self, request_id: str, info: manifest.ManifestInfo) -> dict[int, int]:
+        """Record the manifest's images a chunk at a time (idempotent on a resume).
+
+        Returns where each product row starts in manifest order, which places any
+        image in its batch; the images themselves are not kept (100k of them
+        would be ~50 MB of driver memory for the whole request).
+        """
+        row_starts: dict[int, int] = {}
+        index = 0
+        for chunk in manifest.iter_items(self.storage, info.key):
+            self.store.add_images(request_id, chunk)
+            for item in chunk:
+                if item.position == 0:
+                    row_starts[item.row] = index
+                index += 1
+        return row_starts
 
     def _await_scheduler(self, request_id: str) -> None:
         """Block until connected to the scheduler again; raise after RECONNECT_TIMEOUT."""
@@ -256,12 +270,12 @@ class Runner:
         request_id: str,
         spec: tasks.JobSpec,
         info: manifest.ManifestInfo,
-        position_in_manifest: dict[tuple[int, int], int],
+        row_starts: dict[int, int],
     ) -> dict:
         pending_by_batch: dict[int, set[tuple[int, int]]] = defaultdict(set)
-        for image in self.store.pending_images(request_id):
-            batch = manifest.batch_of(position_in_manifest[image], info.batch_size)
-            pending_by_batch[batch].add(image)
+        for row, position in self.store.pending_images(request_id):
+            batch = manifest.batch_of(row_starts[row] + position, info.batch_size)
+            pending_by_batch[batch].add((row, position))
         futures = {}
         for batch, pending in sorted(pending_by_batch.items()):
             whole = len(pending) == min(info.batch_size, info.images - batch * info.batch_size)

@@ -104,6 +104,17 @@ class Storage:
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))
 
+    def stamp(self, key: str) -> str:
+        """What tells this version of an object from a rewrite: size and mtime or ETag."""
+        try:
+            info = self.fs.info(self.path(key))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"could not stat {key}: {exc}") from exc
+        version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        return f"{info.get('size')}:{version}"
+
     def url(self, key: str) -> str:
         """The URL of a stored object, as users will fetch it."""
         if self.config.url_mode == "presigned":
