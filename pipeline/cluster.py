@@ -13,6 +13,9 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Warms each worker before its first task; `dask worker --preload` it on a cluster.
+PRELOAD = "pipeline.worker_preload"
+
 
 def start_client(settings: Settings) -> tuple[Client, str]:
     """Return a client and a one-line description for the startup log."""
@@ -30,6 +33,7 @@ def start_client(settings: Settings) -> tuple[Client, str]:
         processes=True,
         dashboard_address=settings.dask_dashboard_address or None,
         silence_logs=logging.WARNING,
+        preload=[PRELOAD],
     )
     client = Client(cluster)
     dashboard = dashboard_url(client, settings) or "disabled"

@@ -54,6 +54,13 @@ def stage_manifest(spec: JobSpec, batch_size: int, limits: CsvLimits) -> manifes
     return manifest.write_manifest(storage, key, image_items(products), batch_size)
 
 
+def warm_up() -> None:
+    """Load what tasks use lazily (for a worker preload), so no request pays for it."""
+    import pyarrow.parquet  # noqa: F401  (the writer's modules load on first use)
+
+    manifest.to_table([])
+
+
 def process_batch(
     spec: JobSpec, manifest_key: str, batch: int, only: frozenset[tuple[int, int]] | None = None
 ) -> list[ImageResult]:

@@ -53,6 +53,8 @@ class DaskCliCluster:
                 str(self.nthreads),
                 "--no-nanny",
                 "--no-dashboard",
+                "--preload",  # as docker-compose starts its workers
+                "pipeline.worker_preload",
             )
         deadline = time.monotonic() + timeout
         with Client(self.address, timeout=f"{timeout}s") as client:

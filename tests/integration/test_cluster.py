@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 from distributed import Client
 
+from pipeline.cluster import close_client, start_client
+from pipeline.settings import Settings
 from tests import imagefactory as images
 from tests.integration.dask_cli import DaskCliCluster
 from tests.integration.service import Service
@@ -63,3 +66,20 @@ def test_request_runs_in_the_cluster_worker_processes(tmp_path, cluster, image_s
         assert len(ran_in) == 2  # the work was spread over both worker processes
     finally:
         service.stop()
+
+
+# What a worker's first task would otherwise load. (The check runs as a lambda:
+# cloudpickle sends those by value; workers cannot import this test module.)
+WARM = frozenset({"PIL.WebPImagePlugin", "PIL.TiffImagePlugin", "pyarrow.parquet"})
+
+
+def test_workers_are_warm_before_their_first_task(cluster):
+    # The preload (`dask worker --preload pipeline.worker_preload`), as in docker-compose...
+    with Client(cluster.address, timeout="30s") as client:
+        assert set(client.run(lambda: set(sys.modules) >= WARM).values()) == {True}
+    # ...and the embedded LocalCluster's workers.
+    client, _ = start_client(Settings.from_env({"DASK_WORKERS": "1"}))
+    try:
+        assert list(client.run(lambda: set(sys.modules) >= WARM).values()) == [True]
+    finally:
+        close_client(client)
