@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 
+import dask.config
 from distributed import Client, LocalCluster
 from distributed.comm import connect
 
@@ -15,6 +16,19 @@ log = logging.getLogger(__name__)
 
 # Warms each worker before its first task; `dask worker --preload` it on a cluster.
 PRELOAD = "pipeline.worker_preload"
+
+# Dask defaults that cost this workload CPU it needs for images (an idle
+# 2-worker LocalCluster used ~0.1 core): the workers' statistical profiler
+# samples every thread's stack each 10 ms (a batch task has ~18 threads), and
+# the system monitor reads every disk's counters twice a second. The
+# dashboard's profile stays useful at 50 ms. Values a user sets (Dask config
+# files, DASK_* variables) win; docker-compose sets the same for its cluster.
+DASK_DEFAULTS = {
+    "distributed": {
+        "worker": {"profile": {"interval": "50ms"}},
+        "admin": {"system-monitor": {"disk": False}},
+    }
+}
 
 
 def start_client(settings: Settings) -> tuple[Client, str]:
@@ -27,6 +41,7 @@ def start_client(settings: Settings) -> tuple[Client, str]:
         address, dashboard = settings.dask_scheduler_address, dashboard_url(client, settings)
         return client, f"dask: scheduler {address}, dashboard {dashboard}"
     workers = settings.dask_workers or os.cpu_count() or 1
+    dask.config.update_defaults(DASK_DEFAULTS)  # before the scheduler and nannies read them
     cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=settings.dask_threads_per_worker,
