@@ -17,15 +17,21 @@ log = logging.getLogger(__name__)
 # Warms each worker before its first task; `dask worker --preload` it on a cluster.
 PRELOAD = "pipeline.worker_preload"
 
-# Dask defaults that cost this workload CPU it needs for images (an idle
-# 2-worker LocalCluster used ~0.1 core): the workers' statistical profiler
-# samples every thread's stack each 10 ms (a batch task has ~18 threads), and
-# the system monitor reads every disk's counters twice a second. The
-# dashboard's profile stays useful at 50 ms. Values a user sets (Dask config
-# files, DASK_* variables) win; docker-compose sets the same for its cluster.
+# Dask defaults changed for this workload; values a user sets (Dask config
+# files, DASK_* variables) still win, and docker-compose sets the same.
+# - The workers' statistical profiler is off. Every 10 ms it takes the stack
+#   of every thread (a batch task has ~18) with sys._current_frames() and the
+#   event loop walks those frames later, by which time their threads have
+#   moved on: on CPython 3.11 that can read freed frames. A 100k-image
+#   benchmark run lost a worker to a segfault in its event-loop thread
+#   (dmesg: "segfault at 1 ip 0000000000000001"); the same pattern crashes
+#   other in-process profilers (DataDog/dd-trace-py#13567). It also cost ~3%
+#   of throughput. Profile with py-spy from outside the process, or turn it
+#   back on for a session: DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True.
+# - The system monitor does not read every disk's counters twice a second.
 DASK_DEFAULTS = {
     "distributed": {
-        "worker": {"profile": {"interval": "50ms"}},
+        "worker": {"profile": {"enabled": False}},
         "admin": {"system-monitor": {"disk": False}},
     }
 }
