@@ -97,20 +97,27 @@ class Deliveries:
             return self._cond.wait_for(lambda: not self._due and not self._busy, timeout)
 
     # -- queueing -------------------------------------------------------------
-    def enqueue(self, request_id: str, url: str, event: dict[str, Any]) -> None:
-        now = self.clock()
-        state = {
+    def pending_state(self, request_id: str, url: str, event: dict[str, Any]) -> dict[str, Any]:
+        """A new delivery's state, due now: for the caller to store (then `queue` it)."""
+        return {
             "id": f"msg_{request_id}",
             "event": event["event"],
             "url": url,
             "status": "pending",
             "attempt_count": 0,
             "attempts": [],
-            "next_attempt_at": iso(now),
+            "next_attempt_at": iso(self.clock()),
             "payload": event,
         }
-        self.store.set_webhook_state(request_id, state)
-        self._push(now, request_id)
+
+    def queue(self, request_id: str) -> None:
+        """Queue a delivery whose pending state is already stored."""
+        self._push(self.clock(), request_id)
+
+    def enqueue(self, request_id: str, url: str, event: dict[str, Any]) -> None:
+        """Store a new delivery and queue it."""
+        self.store.set_webhook_state(request_id, self.pending_state(request_id, url, event))
+        self.queue(request_id)
 
     def _push(self, due: datetime, request_id: str) -> None:
         with self._cond:

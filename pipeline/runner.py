@@ -26,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from distributed import Client, as_completed
@@ -159,13 +160,10 @@ class Runner:
                 log.info("request %s left for the next start to resume (%s)", request_id, exc)
                 return
             log.exception("request %s failed", request_id)
-            self.store.finish(
-                request_id, RequestStatus.FAILED, self.clock(), error=f"{type(exc).__name__}: {exc}"
-            )
-        try:
-            self._notify(request_id)
-        except Exception:
-            log.exception("notifying for request %s failed", request_id)
+            try:
+                self._finish(request_id, RequestStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("recording the failure of request %s failed", request_id)
 
     # -- steps --------------------------------------------------------------
     def _process(self, request_id: str) -> bool:
@@ -341,7 +339,7 @@ class Runner:
             if counters.failed_images == 0
             else RequestStatus.COMPLETED_WITH_ERRORS
         )
-        self.store.finish(request_id, status, self.clock(), output_key=key)
+        self._finish(request_id, status, output_key=key)
         log.info(
             "request %s %s: %d images, %d failed",
             request_id,
@@ -350,20 +348,47 @@ class Runner:
             counters.failed_images,
         )
 
-    def _notify(self, request_id: str) -> None:
-        """Queue the webhook (delivered and retried off this thread) and publish to NATS."""
+    def _finish(
+        self,
+        request_id: str,
+        status: RequestStatus,
+        *,
+        output_key: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the final status, then notify: webhook (queued) and NATS.
+
+        The webhook delivery the request owes is written in the same store
+        update as its final status (an outbox): a process that dies right
+        after cannot leave a finished request whose webhook nobody will send;
+        the next start resumes it with the pending deliveries.
+        """
         record = self.store.get_request(request_id)
-        if record is None or not record.status.is_final:
+        if record is None:
             return
-        output = self.output_csv_url(request_id) if record.output_key else None
+        # Milliseconds: what both stores keep, so the event matches the status API.
+        at = self.clock()
+        at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+        final = replace(record, status=status, completed_at=at, output_key=output_key, error=error)
         event = completion_event(
-            record, status_url=self.status_url(request_id), output_csv_url=output
+            final,
+            status_url=self.status_url(request_id),
+            output_csv_url=self.output_csv_url(request_id) if output_key else None,
         )
         url = record.webhook_url or self.default_webhook_url
-        if url:
-            self.deliveries.enqueue(request_id, url, event)
-        if self.publish is not None:
-            self.publish(event)
+        delivery = self.deliveries.pending_state(request_id, url, event) if url else None
+        self.store.finish(
+            request_id, status, at, output_key=output_key, error=error, webhook=delivery
+        )
+        # The status is final now; nothing below may change it. (A delivery not
+        # queued here is still stored as pending: the next start sends it.)
+        try:
+            if delivery is not None:
+                self.deliveries.queue(request_id)
+            if self.publish is not None:
+                self.publish(event)  # NATS: at most once by design
+        except Exception:
+            log.exception("notifying the completion of %s failed", request_id)
 
 
 def _describe(exc: BaseException | None) -> str:

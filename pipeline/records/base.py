@@ -56,8 +56,12 @@ class RecordStore(Protocol):
         *,
         output_key: str | None = None,
         error: str | None = None,
+        webhook: dict[str, Any] | None = None,
     ) -> None:
-        """Set a final status, completed_at, and the output CSV key or error."""
+        """Set a final status, completed_at, and the output CSV key or error.
+
+        With `webhook`, the request's delivery state is set in the same write.
+        """
 
     def set_webhook_state(self, request_id: str, state: dict[str, Any]) -> None:
         """Replace the request's webhook delivery state (a small JSON-able dict)."""

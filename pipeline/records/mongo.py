@@ -146,10 +146,13 @@ class MongoRecordStore:
         *,
         output_key: str | None = None,
         error: str | None = None,
+        webhook: dict[str, Any] | None = None,
     ) -> None:
         at = _aware(at)
         fields = {"status": RequestStatus(status).value, "completed_at": at, "updated_at": at}
         fields |= {"output_key": output_key, "error": error}
+        if webhook is not None:
+            fields["webhook"] = webhook  # one document update: both or neither
         if not self.requests.update_one({"_id": request_id}, {"$set": fields}).matched_count:
             raise RequestNotFound(request_id)
 

@@ -148,13 +148,17 @@ class SqliteRecordStore:
         *,
         output_key: str | None = None,
         error: str | None = None,
+        webhook: dict[str, Any] | None = None,
     ) -> None:
         params = {"status": RequestStatus(status).value, "at": _ts(at), "id": request_id}
+        params |= {"output_key": output_key, "error": error}
+        params |= {"webhook": None if webhook is None else json.dumps(webhook)}
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE requests SET status = :status, completed_at = :at, updated_at = :at,"
-                " output_key = :output_key, error = :error WHERE request_id = :id",
-                params | {"output_key": output_key, "error": error},
+                " output_key = :output_key, error = :error,"
+                " webhook = COALESCE(:webhook, webhook) WHERE request_id = :id",
+                params,
             )
             if cursor.rowcount == 0:
                 raise RequestNotFound(request_id)

@@ -209,6 +209,23 @@ def test_pending_deliveries_are_listed_oldest_first_and_survive_reopen(backend: 
     assert [rid for rid, _ in store.pending_deliveries()] == ["late"]
 
 
+def test_finish_can_set_the_owed_delivery_in_the_same_write(backend: Backend):
+    store = backend.store
+    for name in ("notified", "quiet"):
+        store.create_request(new_request(name))
+    owed = {"id": "msg_notified", "status": "pending", "payload": {"status": "completed"}}
+    store.finish("notified", RequestStatus.COMPLETED, T0, output_key="k", webhook=owed)
+    store.set_webhook_state("quiet", {"id": "msg_quiet", "status": "delivered"})
+    store.finish("quiet", RequestStatus.FAILED, T0, error="e")  # keeps the state it had
+
+    reopened = backend.reopen()  # what the next process finds
+    notified, quiet = reopened.get_request("notified"), reopened.get_request("quiet")
+    assert notified is not None and quiet is not None
+    assert (notified.status, notified.webhook) == (RequestStatus.COMPLETED, owed)
+    assert quiet.webhook == {"id": "msg_quiet", "status": "delivered"}
+    assert reopened.pending_deliveries() == [("notified", owed)]
+
+
 @pytest.mark.parametrize(
     "write",
     [

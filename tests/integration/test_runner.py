@@ -9,7 +9,16 @@ from distributed import Client, LocalCluster
 
 from pipeline import manifest
 from pipeline.csv_input import parse_products
-from pipeline.models import ImageResult, NewRequest, RequestStatus, image_items, output_key
+from pipeline.deliveries import Deliveries
+from pipeline.models import (
+    ImageResult,
+    NewRequest,
+    RequestStatus,
+    image_items,
+    iso,
+    output_key,
+)
+from pipeline.notify import WebhookSender
 from pipeline.service import build_services
 from pipeline.settings import Settings
 from pipeline.tasks import input_csv_key
@@ -115,3 +124,39 @@ def test_finished_request_is_not_run_again(services, image_server, webhook_recei
     services.runner.run(rid)
     assert image_server.hits["/0/a.jpg"] == 1
     assert len(webhook_receiver.wait_for(1)) == 1
+
+
+def test_webhook_owed_by_a_finished_request_survives_the_process(
+    services, image_server, webhook_receiver, monkeypatch
+):
+    # The process dies right after the final status is written: no later record
+    # write happens, and the delivery thread's in-memory queue is lost.
+    def died(*args, **kwargs):
+        raise RuntimeError("the process is gone")
+
+    services.deliveries.stop()
+    monkeypatch.setattr(services.store, "set_webhook_state", died)
+    rid = new_request(services, catalogue_csv(image_server, 1), "e" * 32)
+    services.runner.submit(rid)
+    assert services.runner.wait(rid, timeout=120)
+    record = services.store.get_request(rid)
+    assert record.status is RequestStatus.COMPLETED and not webhook_receiver.deliveries
+    monkeypatch.undo()
+
+    # The next start finds the delivery, stored with the final status, and sends it once.
+    sender = WebhookSender(timeout=5, allow_private_networks=True)
+    next_start = Deliveries(services.store, sender, schedule=(0.1,))
+    assert next_start.resume() == 1
+    next_start.start()
+    try:
+        assert next_start.wait_idle(30)
+    finally:
+        next_start.stop()
+    [delivery] = webhook_receiver.deliveries
+    event = delivery["body"]
+    assert (event["request_id"], event["status"], event["processed_images"]) == (
+        rid,
+        "completed",
+        2,
+    )
+    assert event["completed_at"] == iso(record.completed_at)
