@@ -14,6 +14,7 @@ return equal values.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,9 @@ from pipeline.models import (
     RequestRecord,
     RequestStatus,
 )
+
+log = logging.getLogger(__name__)
+CLOSE_WAIT = 10.0  # seconds close() waits for a thread's statement to finish
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -96,7 +100,8 @@ class SqliteRecordStore:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        # (thread, its connection, held while that thread uses the connection)
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection, threading.RLock]] = []
         self._closed = False
         with _wrap_errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,9 +282,18 @@ class SqliteRecordStore:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for _, conn in self._connections:
-                conn.close()
-            self._connections.clear()
+            connections, self._connections = self._connections, []
+        for thread, conn, busy in connections:
+            # Closing a connection another thread is using can crash the sqlite3
+            # module (seen: a webhook delivery writing while a test closed the
+            # store), so wait for that use to end; a thread stuck longer keeps it.
+            if busy.acquire(timeout=CLOSE_WAIT):
+                try:
+                    conn.close()
+                finally:
+                    busy.release()
+            else:
+                log.warning("record store: %s still busy at close; left open", thread.name)
 
     # -- plumbing -------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -287,6 +301,7 @@ class SqliteRecordStore:
             raise RecordStoreError(f"record store {self.path} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            self._local.busy = threading.RLock()
             # isolation_level=None: we issue BEGIN ourselves. check_same_thread=False
             # only so close() and the reaper below can close another thread's connection.
             conn = sqlite3.connect(
@@ -299,32 +314,35 @@ class SqliteRecordStore:
             self._local.conn = conn
             with self._lock:
                 # Driver threads come and go (one per request): close what dead ones left.
-                for thread, other in self._connections:
+                for thread, other, _ in self._connections:
                     if not thread.is_alive():
                         other.close()
                 self._connections = [
-                    *((t, c) for t, c in self._connections if t.is_alive()),
-                    (threading.current_thread(), conn),
+                    *((t, c, b) for t, c, b in self._connections if t.is_alive()),
+                    (threading.current_thread(), conn, self._local.busy),
                 ]
         return conn
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with _wrap_errors():
-            return self._conn().execute(sql, params).fetchall()
+            conn = self._conn()
+            with self._local.busy:
+                return conn.execute(sql, params).fetchall()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with _wrap_errors():
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.commit()
-            except BaseException:
-                # Also after a failed COMMIT, which leaves the transaction open.
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
+            with self._local.busy:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.commit()
+                except BaseException:
+                    # Also after a failed COMMIT, which leaves the transaction open.
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
 
     @staticmethod
     def _require(conn: sqlite3.Connection, request_id: str) -> None:

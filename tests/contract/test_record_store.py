@@ -455,6 +455,35 @@ def test_sqlite_store_is_unusable_after_close(tmp_path):
         store.get_request("req-1")
 
 
+def test_sqlite_store_closed_while_other_threads_write(tmp_path):
+    # Shutdown with a webhook delivery or a driver thread still writing: their
+    # writes end in RecordStoreError, never in a crash of the process.
+    store = SqliteRecordStore(tmp_path / "records.db")
+    store.create_request(new_request())
+    errors: list[BaseException] = []
+    writes = [0]
+
+    def write_until_closed() -> None:
+        while True:
+            try:
+                store.set_webhook_state("req-1", {"status": "pending", "n": writes[0]})
+                writes[0] += 1
+            except BaseException as exc:  # what a thread sees once the store is closed
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=write_until_closed) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while writes[0] < 200:
+        pass
+    store.close()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 4 and all(isinstance(e, RecordStoreError) for e in errors), errors
+
+
 # `requests` as the first release created it, before the owner column.
 _REQUESTS_BEFORE_OWNER = """
 CREATE TABLE requests (

@@ -48,6 +48,10 @@ def services(tmp_path, dask_client, webhook_receiver):
     )
     services = build_services(settings, client=dask_client)
     yield services
+    # What Services.close() does, minus closing the module's shared Dask client:
+    # nothing may still write to the store when it closes.
+    services.runner.stop()
+    services.deliveries.stop()
     services.store.close()
 
 
