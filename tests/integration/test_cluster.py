@@ -18,19 +18,9 @@ from distributed import Client
 from pipeline.cluster import close_client, start_client
 from pipeline.settings import Settings
 from tests import imagefactory as images
-from tests.integration.dask_cli import DaskCliCluster
 from tests.integration.service import Service
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    logs = tmp_path / "dask-logs"
-    logs.mkdir()
-    cluster = DaskCliCluster(logs).start()
-    yield cluster
-    cluster.stop()
 
 
 def test_request_runs_in_the_cluster_worker_processes(tmp_path, cluster, image_server):

@@ -35,15 +35,6 @@ pytestmark = pytest.mark.integration
 JPEG = images.jpeg_rgb()
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    logs = tmp_path / "dask-logs"
-    logs.mkdir()
-    cluster = DaskCliCluster(logs).start()
-    yield cluster
-    cluster.stop()
-
-
 def products_csv(urls: list[str], per_row: int = 2) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -51,6 +42,13 @@ def products_csv(urls: list[str], per_row: int = 2) -> bytes:
     for n, start in enumerate(range(0, len(urls), per_row)):
         writer.writerow([n + 1, f"Product {n + 1}", ",".join(urls[start : start + per_row])])
     return out.getvalue().encode()
+
+
+def on_cluster(tmp_path: Path, cluster: DaskCliCluster, **env: str) -> Service:
+    """The service, started against the test's CLI cluster, two images per batch."""
+    return Service(
+        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2", **env
+    ).start()
 
 
 def upload(service: Service, urls: list[str], webhook: WebhookReceiver) -> str:
@@ -146,9 +144,7 @@ def slow_images(server: ImageServer, count: int, delay: float, prefix: str = "")
 
 # -- a Dask worker process dies ------------------------------------------------
 def test_worker_killed_mid_request(tmp_path, cluster, image_server, webhook_receiver):
-    service = Service(
-        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2"
-    ).start()
+    service = on_cluster(tmp_path, cluster)
     try:
         urls = slow_images(image_server, 16, delay=0.8)
         request_id = upload(service, urls, webhook_receiver)
@@ -175,9 +171,7 @@ def test_worker_killed_mid_request(tmp_path, cluster, image_server, webhook_rece
 def test_api_killed_and_restarted_resumes_the_request(
     tmp_path, cluster, image_server, webhook_receiver
 ):
-    service = Service(
-        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2"
-    ).start()
+    service = on_cluster(tmp_path, cluster)
     try:
         urls = slow_images(image_server, 16, delay=0.8)
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
@@ -197,9 +191,7 @@ def test_api_killed_and_restarted_resumes_the_request(
 
 # -- the scheduler goes away and comes back ---------------------------------------
 def test_scheduler_restarted_mid_request(tmp_path, cluster, image_server, webhook_receiver):
-    service = Service(
-        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2"
-    ).start()
+    service = on_cluster(tmp_path, cluster)
     try:
         urls = slow_images(image_server, 16, delay=0.8)
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
@@ -221,12 +213,7 @@ def test_scheduler_away_longer_than_the_client_reconnects(
 ):
     # A Dask client gives up reconnecting after its connect timeout and closes for
     # good; 2 s here (30 s by default) so the outage below outlasts it quickly.
-    service = Service(
-        tmp_path / "data",
-        DASK_SCHEDULER_ADDRESS=cluster.address,
-        DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s",
-        BATCH_SIZE="2",
-    ).start()
+    service = on_cluster(tmp_path, cluster, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
     try:
         urls = slow_images(image_server, 12, delay=0.8)
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
@@ -259,9 +246,7 @@ def test_api_stopped_mid_request_leaves_it_for_the_next_start(
 ):
     # SIGTERM (a deploy, `docker stop`): closing the Dask client on the way out
     # cancels the request's futures, which must not fail the request.
-    service = Service(
-        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2"
-    ).start()
+    service = on_cluster(tmp_path, cluster)
     try:
         urls = slow_images(image_server, 12, delay=0.8)
         request_id = upload(service, urls, webhook_receiver)
