@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test system-deps test-mongo bench lint format clean
+.PHONY: run test system-deps secantusdb test-mongo bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,21 @@ system-deps:
 	echo "installing $(DEBIAN_PACKAGES) (missing:$$missing)"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null
 
-test: system-deps $(VENV)/.installed-test
+# SecantusDB: a MongoDB wire-protocol server the tests start on loopback (the
+# record store's MongoDB leg, the tests with several API processes). A test tool
+# only (GPL-2.0, beta): its own venv, run as a subprocess, never imported.
+SECANTUS_VENV ?= .venv-secantus
+SECANTUSDB     = secantusdb>=0.7.0b3,<0.8
+
+$(SECANTUS_VENV)/.installed:
+	$(PYTHON) -m venv $(SECANTUS_VENV)
+	$(SECANTUS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SECANTUS_VENV)/bin/python -m pip install --quiet '$(SECANTUSDB)'
+	touch $@
+
+secantusdb: $(SECANTUS_VENV)/.installed
+
+test: system-deps $(VENV)/.installed-test $(SECANTUS_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
@@ -50,14 +64,19 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix pipeline api tests
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(SECANTUS_VENV) data .pytest_cache
 
-# The record store's contract suite against a real MongoDB (the compose file's).
-# Needs a Docker engine; the build machines have none, so CI runs SQLite + mongomock.
-MONGODB_TEST_URI ?= mongodb://localhost:27017/?directConnection=true
+# The MongoDB tests against a real mongod instead of SecantusDB: the contract
+# suite's mongodb leg, and the tests with several API processes on one store.
+#   MONGODB_URI='mongodb://host:27017/?replicaSet=rs0' make test-mongo
+#   make test-mongo MONGO_COMPOSE=1   the compose file's mongo (needs Docker)
+MONGO_TESTS  ?= tests/contract tests/integration/test_sharing.py
+MONGO_SELECT ?= mongodb or test_sharing.py
 test-mongo: $(VENV)/.installed-test
-	docker compose up -d --wait mongo
-	MONGODB_URI='$(MONGODB_TEST_URI)' $(BIN)/python -m pytest tests/contract -k mongodb
+	@if [ -n "$(MONGO_COMPOSE)" ]; then docker compose up -d --wait mongo; fi
+	@uri="$${MONGODB_URI:-$(if $(MONGO_COMPOSE),mongodb://localhost:27017/?directConnection=true)}"; \
+	if [ -z "$$uri" ]; then echo "set MONGODB_URI to a real mongod (or MONGO_COMPOSE=1)"; exit 2; fi; \
+	MONGODB_URI="$$uri" $(BIN)/python -m pytest $(MONGO_TESTS) -k '$(MONGO_SELECT)' $(PYTEST_ARGS)
 
 # Throughput, latency and memory against the compute floor (issue 7); not a test.
 # BENCH_ARGS="--sizes 1000" for a quick run. Results: bench-results/bench-*.json

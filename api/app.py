@@ -1,7 +1,9 @@
 """The Falcon application factory.
 
-`create_app` receives every collaborator (tests pass fakes or real ones);
-`get_app` reads the environment and builds the real objects.
+`create_app` receives every collaborator (tests pass fakes or real ones).
+Building the real ones from the environment is `api.serve`'s job (`main` for
+`python -m api`, `get_app` for other WSGI servers), which imports this module,
+never the other way round.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import falcon
 from api import docs, errors, openapi
 from api.auth import ApiKeys, RequireApiKey
 from api.limits import RateLimit, TokenBuckets
+from api.requests import Cancellation, Request, Requests
 from api.resources import Health, Html, Media, OpenApi, OutputCsv, RequestStatusResource
 from api.uploads import MAX_WEBHOOK_URL_CHARS, Uploads
+from pipeline.clock import Clock, utc_now
 from pipeline.intake import new_request_id
 from pipeline.records.base import RecordStore
-from pipeline.runner import Clock, utc_now
 from pipeline.settings import Settings
 from pipeline.storage import Storage
 
@@ -30,8 +33,11 @@ PUBLIC_PATHS = UNLIMITED_PATHS | {"/", "/docs", "/api/v1/openapi.json"}
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
-class Submitter:  # what the API needs of the runner
+class Submitter:  # what the API needs of the runner (the driver)
     def submit(self, request_id: str) -> None: ...
+
+    def cancel(self, request_id: str) -> None:
+        """A cancel was recorded in the store; if this process drives the request, act now."""
 
 
 def create_app(
@@ -64,17 +70,32 @@ def create_app(
     parse_options.max_body_part_count = 16
     parse_options.max_body_part_buffer_size = MAX_WEBHOOK_URL_CHARS * 4
 
+    base_url = settings.base_url
     uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id, keys=keys)
     status = RequestStatusResource(
-        store, storage, base_url=settings.base_url, keys=keys, dashboard_url=dashboard_url
+        store, storage, base_url=base_url, keys=keys, dashboard_url=dashboard_url
     )
     for prefix in ("/api/v1/upload", "/api/images/upload"):  # the second: seed clients
         app.add_route(prefix, uploads)
-    for prefix in ("/api/v1/status/{request_id}", "/api/status/{request_id}"):
+    for prefix in ("/api/v1/status/{request_id}", "/api/status/{request_id}"):  # older clients
         app.add_route(prefix, status)
+    app.add_route(
+        "/api/v1/requests",
+        Requests(store, base_url=base_url, keys=keys, dashboard_url=dashboard_url),
+    )
+    app.add_route(
+        "/api/v1/requests/{request_id}",
+        Request(store, storage, base_url=base_url, keys=keys, dashboard_url=dashboard_url),
+    )
+    app.add_route(
+        "/api/v1/requests/{request_id}/cancel",
+        Cancellation(
+            store, runner, base_url=base_url, keys=keys, clock=clock, dashboard_url=dashboard_url
+        ),
+    )
     app.add_route("/api/v1/output/{request_id}.csv", OutputCsv(store, storage, keys=keys))
     app.add_route("/health", Health(health or (lambda: {})))
-    spec = openapi.document(settings.base_url)
+    spec = openapi.document(base_url)
     app.add_route("/api/v1/openapi.json", OpenApi(spec))
     app.add_route("/docs", Html(docs.render(spec)))
     app.add_route("/", Html(PAGE.read_text(encoding="utf-8")))
@@ -82,10 +103,3 @@ def create_app(
         app.add_route("/media/{key:path}", Media(storage, store, keys=keys))
     errors.register(app)
     return app
-
-
-def get_app() -> falcon.App:
-    """Entry point for WSGI servers: build everything from the environment."""
-    from api.serve import build_from_env
-
-    return build_from_env()[0]

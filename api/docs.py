@@ -16,7 +16,8 @@ body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding
 h2{margin-top:2.5rem;border-bottom:1px solid #ddd}
 .op{border:1px solid #ddd;border-radius:6px;padding:.5rem 1rem;margin:1rem 0}
 .method{font-weight:700;text-transform:uppercase;margin-right:.5rem}
-.get{color:#0a6}.post{color:#06c}.deprecated{color:#999;text-decoration:line-through}
+.get{color:#0a6}.post{color:#06c}.delete{color:#c30}
+.deprecated{color:#999;text-decoration:line-through}
 code,pre{background:#f5f5f5;border-radius:4px;padding:.1rem .3rem}
 pre{padding:.6rem;overflow:auto;font-size:13px}
 td,th{text-align:left;padding:.2rem .6rem;vertical-align:top}
@@ -51,6 +52,8 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> str:
         " (alias kept for earlier clients)" if op.get("deprecated") else "",
         "</p>",
     ]
+    if op.get("description"):
+        out.append(f"<p>{escape(op['description'])}</p>")
     params = op.get("parameters", [])
     if params:
         out.append("<table><tr><th>parameter</th><th>in</th><th>schema</th><th></th></tr>")

@@ -7,6 +7,7 @@ import logging
 import falcon
 
 from pipeline.errors import (
+    Conflict,
     CsvError,
     InputError,
     NotReady,
@@ -39,8 +40,8 @@ class LengthRequired(Exception):
     """A body without Content-Length from a server that cannot say where it ends."""
 
 
-def _respond(resp: falcon.Response, status: int, title: str, description: str, **extra) -> None:
-    resp.status = status
+def _respond(resp: falcon.Response, code: int, title: str, description: str, **extra) -> None:
+    resp.status = code
     resp.media = {"title": title, "description": description, **extra}
 
 
@@ -58,6 +59,10 @@ def _not_found(req, resp, exc: RequestNotFound, params) -> None:
 
 def _not_ready(req, resp, exc: NotReady, params) -> None:
     _respond(resp, 409, "Not ready", str(exc))
+
+
+def _conflict(req, resp, exc: Conflict, params) -> None:
+    _respond(resp, 409, exc.title, str(exc), status=exc.status)
 
 
 def _unavailable(req, resp, exc: Exception, params) -> None:
@@ -115,6 +120,7 @@ def register(app: falcon.App) -> None:
     app.add_error_handler(CsvError, _csv_error)
     app.add_error_handler(RequestNotFound, _not_found)
     app.add_error_handler(NotReady, _not_ready)
+    app.add_error_handler(Conflict, _conflict)
     app.add_error_handler(StorageError, _unavailable)
     app.add_error_handler(RecordStoreError, _unavailable)
     app.add_error_handler(ApiKeyRequired, _api_key_required)

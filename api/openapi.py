@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.requests import DEFAULT_LIST_PER_PAGE, MAX_LIST_PAGE, MAX_LIST_PER_PAGE
+from pipeline.models import ImageStatus, RequestStatus
+
 ERROR_CODES = {
     "400": "Malformed request (bad multipart body, missing 'file' field, bad query parameter)",
     "401": "API key required or invalid (only when API_KEYS is set)",
     "404": "No such request, or not visible to this API key",
-    "409": "The request is not final yet, or failed without an output CSV",
+    "409": "The request's state does not allow this (the error names its status)",
     "411": "A body without Content-Length from a server that cannot delimit it",
     "413": "Upload, rows or URLs over the limits",
     "415": "Not multipart/form-data, or a compressed body",
@@ -27,10 +30,14 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "nullable": True}
 
 
-def _errors(*codes: str) -> dict[str, Any]:
+def _errors(*codes: str, meanings: dict[str, str] | None = None) -> dict[str, Any]:
+    """Error responses; `meanings` says what a code means on this route, when it differs."""
     ref = {"$ref": "#/components/schemas/Error"}
     return {
-        c: {"description": ERROR_CODES[c], "content": {"application/json": {"schema": ref}}}
+        c: {
+            "description": (meanings or {}).get(c, ERROR_CODES[c]),
+            "content": {"application/json": {"schema": ref}},
+        }
         for c in codes
     }
 
@@ -47,6 +54,13 @@ REQUEST_ID = {
     "schema": {"type": "string"},
 }
 TIME = _nullable({"type": "string", "format": "date-time"})
+REQUEST_STATUSES = [s.value for s in RequestStatus]
+STATUS_MEANINGS = (
+    "pending: recorded, not yet taken by a driver; queued: a driver owns it and waits for "
+    "room on the cluster; processing: some of its images are being processed; completed, "
+    "completed_with_errors (some images failed), failed (the request as a whole) and "
+    "cancelled are final."
+)
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -58,6 +72,7 @@ SCHEMAS: dict[str, Any] = {
             "row": _nullable({"type": "integer", "description": "1-based CSV line"}),
             "column": _nullable({"type": "string"}),
             "retry_after": {"type": "integer"},
+            "status": {"type": "string", "description": "on 409: the request's status"},
         },
     },
     "Accepted": {
@@ -84,7 +99,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["input_url", "status", "output_url", "error", "bytes_in", "bytes_out"],
         "properties": {
             "input_url": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "done", "failed"]},
+            "status": {
+                "type": "string",
+                "enum": [s.value for s in ImageStatus],
+                "description": "cancelled: its request was cancelled before it had a result",
+            },
             "output_url": _nullable({"type": "string"}),
             "error": _nullable({"type": "string"}),
             "bytes_in": _nullable({"type": "integer"}),
@@ -113,10 +132,7 @@ SCHEMAS: dict[str, Any] = {
         ],
         "properties": {
             "request_id": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": ["pending", "processing", "completed", "completed_with_errors", "failed"],
-            },
+            "status": {"type": "string", "enum": REQUEST_STATUSES, "description": STATUS_MEANINGS},
             "total_products": {"type": "integer"},
             "total_images": {"type": "integer"},
             "processed_images": {
@@ -125,14 +141,24 @@ SCHEMAS: dict[str, Any] = {
             },
             "succeeded_images": {"type": "integer"},
             "failed_images": {"type": "integer"},
+            "cancelled_images": {
+                "type": "integer",
+                "description": "images left without a result by a cancel",
+            },
             "progress": {"type": "number", "minimum": 0, "maximum": 100},
             "created_at": TIME,
             "started_at": TIME,
             "updated_at": TIME,
             "completed_at": TIME,
+            "cancel_requested_at": _nullable(
+                {"type": "string", "format": "date-time", "description": "when a cancel was asked"}
+            ),
             "error": _nullable({"type": "string"}),
             "status_url": {"type": "string"},
             "products_url": {"type": "string"},
+            "cancel_url": _nullable(
+                {"type": "string", "description": "POST here to cancel; null once final"}
+            ),
             "output_csv_url": _nullable({"type": "string"}),
             "dashboard_url": _nullable({"type": "string", "description": "the Dask dashboard"}),
             "webhook": _nullable({"type": "object", "additionalProperties": True}),
@@ -145,6 +171,27 @@ SCHEMAS: dict[str, Any] = {
                     "per_page": {"type": "integer"},
                     "total_products": {"type": "integer"},
                     "next": _nullable({"type": "string"}),
+                },
+            },
+        },
+    },
+    "RequestList": {
+        "type": "object",
+        "required": ["requests", "page"],
+        "properties": {
+            "requests": {
+                "type": "array",
+                "description": "newest first; each a status without products",
+                "items": {"$ref": "#/components/schemas/Status"},
+            },
+            "page": {
+                "type": "object",
+                "required": ["page", "per_page", "total", "next"],
+                "properties": {
+                    "page": {"type": "integer", "minimum": 1},
+                    "per_page": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PER_PAGE},
+                    "total": {"type": "integer", "minimum": 0, "description": "matching in all"},
+                    "next": _nullable({"type": "string", "description": "the next page's URL"}),
                 },
             },
         },
@@ -216,6 +263,88 @@ def _status() -> dict[str, Any]:
     }
 
 
+def _list() -> dict[str, Any]:
+    return {
+        "summary": "The caller's requests, newest first (everyone's when API_KEYS is unset)",
+        "description": "With API keys, a key sees only the requests it made. Without keys the "
+        "API is open and the list shows every request.",
+        "tags": ["requests"],
+        "parameters": [
+            {
+                "name": "status",
+                "in": "query",
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "array", "items": {"type": "string", "enum": REQUEST_STATUSES}},
+                "description": "only these statuses; repeat it or separate with commas",
+            },
+            {
+                "name": "page",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PAGE, "default": 1},
+            },
+            {
+                "name": "per_page",
+                "in": "query",
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_LIST_PER_PAGE,
+                    "default": DEFAULT_LIST_PER_PAGE,
+                },
+            },
+        ],
+        "responses": {
+            "200": _json("#/components/schemas/RequestList", "A page of requests"),
+            **_errors("400", "401", "429", "503"),
+        },
+    }
+
+
+def _cancel() -> dict[str, Any]:
+    return {
+        "summary": "Cancel an unfinished request",
+        "description": "The cancel is recorded and the request ends `cancelled` shortly: "
+        "nothing new starts, batches already running may finish, and the images left "
+        "without a result end `cancelled`. The answer is the status as it is now; poll "
+        "status_url until it is final. Cancelling again is harmless.",
+        "tags": ["requests"],
+        "parameters": [REQUEST_ID],
+        "responses": {
+            "202": _json("#/components/schemas/Status", "Cancel recorded; the status now"),
+            **_errors(
+                "401",
+                "404",
+                "409",
+                "429",
+                "503",
+                meanings={"409": "The request is final already; its status is named"},
+            ),
+        },
+    }
+
+
+def _delete() -> dict[str, Any]:
+    return {
+        "summary": "Delete a finished request: its stored images and CSVs, then its records",
+        "description": "Only a final request (cancelled included) can be deleted; cancel an "
+        "unfinished one first. Afterwards the request and its outputs answer 404.",
+        "tags": ["requests"],
+        "parameters": [REQUEST_ID],
+        "responses": {
+            "204": {"description": "Deleted"},
+            **_errors(
+                "401",
+                "404",
+                "409",
+                "429",
+                "503",
+                meanings={"409": "The request is unfinished; cancel it first"},
+            ),
+        },
+    }
+
+
 def document(base_url: str = "") -> dict[str, Any]:
     upload, status = _upload(), _status()
     output = {
@@ -224,7 +353,14 @@ def document(base_url: str = "") -> dict[str, Any]:
         "parameters": [REQUEST_ID],
         "responses": {
             "200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
-            **_errors("401", "404", "409", "429", "503"),
+            **_errors(
+                "401",
+                "404",
+                "409",
+                "429",
+                "503",
+                meanings={"409": "The request is not final yet, or has no output CSV"},
+            ),
         },
     }
     media = {
@@ -259,6 +395,14 @@ def document(base_url: str = "") -> dict[str, Any]:
             "/api/v1/upload": {"post": {**upload, "operationId": "upload"}},
             "/api/images/upload": {
                 "post": {**upload, "operationId": "uploadLegacy", "deprecated": True}
+            },
+            "/api/v1/requests": {"get": {**_list(), "operationId": "listRequests"}},
+            "/api/v1/requests/{request_id}": {
+                "get": {**status, "operationId": "getRequest"},
+                "delete": {**_delete(), "operationId": "deleteRequest"},
+            },
+            "/api/v1/requests/{request_id}/cancel": {
+                "post": {**_cancel(), "operationId": "cancelRequest"}
             },
             "/api/v1/status/{request_id}": {"get": {**status, "operationId": "status"}},
             "/api/status/{request_id}": {

@@ -11,6 +11,7 @@ import falcon
 
 from api.auth import ApiKeys
 from pipeline.errors import NotReady, RequestNotFound
+from pipeline.links import Links
 from pipeline.models import ImageRecord, RequestRecord, iso
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
@@ -18,6 +19,8 @@ from pipeline.storage import Storage
 MEDIA_KEY = re.compile(r"^requests/(?P<request_id>[0-9a-f]{32})/images/\d{7}-\d{3}\.jpg$")
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
+# The links without a host: the form of a Location header, whatever the public address.
+PATHS = Links("")
 
 
 def readable_request(
@@ -85,7 +88,8 @@ class OutputCsv:
                 "the output CSV is written when it finishes. Poll its status_url."
             )
         if record.output_key is None:
-            raise NotReady(f"Request {request_id} failed and has no output CSV: {record.error}")
+            why = f": {record.error}" if record.error else "."
+            raise NotReady(f"Request {request_id} is {record.status} and has no output CSV{why}")
         resp.content_type = "text/csv; charset=utf-8"
         resp.downloadable_as = f"{request_id}-output.csv"
         resp.stream = self.storage.open(record.output_key, "rb")
@@ -151,6 +155,7 @@ def status_body(
 ) -> dict[str, Any]:
     rid = record.request_id
     final = record.status.is_final
+    links = Links(base_url)
     return {
         "request_id": rid,
         "status": str(record.status),
@@ -159,17 +164,18 @@ def status_body(
         "processed_images": record.processed_images,
         "succeeded_images": record.succeeded_images,
         "failed_images": record.failed_images,
+        "cancelled_images": record.cancelled_images,
         "progress": record.progress,
         "created_at": iso(record.created_at),
         "started_at": iso(record.started_at),
         "updated_at": iso(record.updated_at),
         "completed_at": iso(record.completed_at),
+        "cancel_requested_at": iso(record.cancel_requested_at),
         "error": record.error,
-        "status_url": f"{base_url}/api/v1/status/{rid}",
-        "products_url": f"{base_url}/api/v1/status/{rid}?page=1",
-        "output_csv_url": f"{base_url}/api/v1/output/{rid}.csv"
-        if final and record.output_key
-        else None,
+        "status_url": links.status(rid),
+        "products_url": f"{links.status(rid)}?page=1",
+        "cancel_url": None if final else links.cancel(rid),
+        "output_csv_url": links.output_csv(rid) if final and record.output_key else None,
         # the delivery state without its stored payload (the receiver got that)
         "webhook": {k: v for k, v in record.webhook.items() if k != "payload"} or None,
         "dashboard_url": dashboard_url,

@@ -1,4 +1,8 @@
-"""Serve the API with waitress: `python -m api` (what `make run` does)."""
+"""Serve the API with waitress: `python -m api` (what `make run` does).
+
+`get_app()` is the entry point for other WSGI servers: it builds and starts
+every component from the environment.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,14 @@ log = logging.getLogger("imagepipe")
 
 
 def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Services]:
+    """The app and its services, built but not started."""
     settings = settings or Settings.from_env()
     services = build_services(settings)
 
     def health() -> dict:
-        # The runner's client: it connects a new one when a lost scheduler outlasts
+        # The driver's client: it connects a new one when a lost scheduler outlasts
         # the old one's reconnecting (a closed client has no scheduler address).
-        client = services.runner.client
+        client = services.driver.connection.client
         info = client.scheduler_info(n_workers=-1) if client.status == "running" else {}
         return {
             "records": services.descriptions["records"],
@@ -43,11 +48,18 @@ def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Servic
         settings,
         services.store,
         services.storage,
-        services.runner,
+        services.driver,
         health=health,
         dashboard_url=services.dashboard_url,
     )
     return app, services
+
+
+def get_app() -> falcon.App:
+    """Entry point for WSGI servers: build everything from the environment and start it."""
+    app, services = build_from_env()
+    services.start()
+    return app
 
 
 def protection_summary(settings: Settings) -> str:
@@ -74,11 +86,7 @@ def main() -> None:
     app, services = build_from_env(settings)
     host = settings.host
     try:
-        if services.deliveries is not None and (waiting := services.deliveries.resume()):
-            log.info("resumed %d pending webhook deliver(ies)", waiting)
-        resumed = services.runner.resume_unfinished()
-        if resumed:
-            log.info("resumed %d unfinished request(s)", len(resumed))
+        services.start()
         log.info("api: listening on http://%s:%d (HOST, PORT)", host, settings.port)
         log.info("api protection: %s", protection_summary(settings))
         waitress.serve(
@@ -94,7 +102,4 @@ def main() -> None:
             _quiet=True,
         )
     finally:
-        # Requests in flight stay unfinished for the next start, not failed by the
-        # shutdown (closing the client cancels their futures).
-        services.runner.stop()
         services.close()

@@ -23,12 +23,14 @@ import falcon
 
 from api.auth import ApiKeys
 from api.errors import LengthRequired
+from api.resources import PATHS
+from pipeline.clock import Clock
 from pipeline.errors import FetchError, InputError, PayloadTooLarge
 from pipeline.intake import accept_csv
+from pipeline.links import Links
 from pipeline.models import RequestStatus
 from pipeline.netguard import validate_url
 from pipeline.records.base import RecordStore
-from pipeline.runner import Clock
 from pipeline.service import csv_limits
 from pipeline.settings import Settings
 from pipeline.storage import Storage
@@ -84,14 +86,14 @@ class Uploads:
         )
         request_id = accepted.request_id
         self.runner.submit(request_id)
-        base = self.settings.base_url
+        links = Links(self.settings.base_url)
         resp.status = falcon.HTTP_202
-        resp.location = f"/api/v1/status/{request_id}"
+        resp.location = PATHS.status(request_id)
         resp.media = {
             "request_id": request_id,
             "status": str(RequestStatus.PENDING),
-            "status_url": f"{base}/api/v1/status/{request_id}",
-            "output_csv_url": f"{base}/api/v1/output/{request_id}.csv",
+            "status_url": links.status(request_id),
+            "output_csv_url": links.output_csv(request_id),
             "total_products": accepted.total_products,
             "total_images": accepted.total_images,
         }

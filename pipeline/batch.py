@@ -1,6 +1,6 @@
 """Batch runs without HTTP: what the CLI and the notebook call.
 
-Same intake, same runner, same records as the API: a batch run is a request
+Same intake, same driver, same records as the API: a batch run is a request
 like any other, visible in the status API if a server shares the records.
 """
 
@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from pipeline.clock import utc_now
 from pipeline.errors import FetchError, ImageRejected
 from pipeline.fetch import Fetcher
 from pipeline.intake import accept_csv, new_request_id
 from pipeline.models import ImageStatus, RequestRecord
-from pipeline.runner import utc_now
 from pipeline.service import Services, csv_limits, fetch_config
 
 
@@ -38,18 +39,27 @@ def run_csv(
         source_name=name,
     )
     rid = accepted.request_id
-    services.runner.submit(rid)
+    # Driven here unless another process sharing the records took it first; either
+    # way the record says when it is final.
+    services.driver.submit(rid)
     with tqdm(
         total=accepted.total_images, unit="img", desc=name or rid[:8], disable=not progress
     ) as bar:
         while True:
-            done = services.runner.wait(rid, timeout=poll)
+            driven_elsewhere = services.driver.wait(rid, timeout=poll)
             record = services.store.get_request(rid)
             assert record is not None
             bar.update(record.processed_images - bar.n)
-            bar.set_postfix(failed=record.failed_images, refresh=False)
-            if done:
+            bar.set_postfix(
+                status=str(record.status),  # pending, queued (waiting for room), processing...
+                failed=record.failed_images,
+                cancelled=record.cancelled_images,
+                refresh=False,
+            )
+            if record.status.is_final:
                 return record
+            if driven_elsewhere:
+                time.sleep(poll)
 
 
 def results_frame(services: Services, request_id: str) -> pd.DataFrame:

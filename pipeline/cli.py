@@ -6,6 +6,8 @@ Exit codes a script can use:
   2  the CSV or the command line is invalid (nothing was run)
   3  the request failed as a whole
   4  configuration error (environment variables)
+  5  the request was cancelled (through the API, by another process sharing the
+     records); images that had no result yet are listed as cancelled
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXIT = {
     RequestStatus.COMPLETED: 0,
     RequestStatus.COMPLETED_WITH_ERRORS: 1,
     RequestStatus.FAILED: 3,
+    RequestStatus.CANCELLED: 5,
 }
 
 
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"invalid CSV: {exc}", file=sys.stderr)
         return 2
-    services = build_services(settings)
+    services = build_services(settings).start()
     try:
         print(services.descriptions["dask"], file=sys.stderr)
         record = run_csv(services, args.csv, progress=not args.no_progress)
@@ -75,11 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         failed = failures(results_frame(services, record.request_id))
         for row in failed.itertuples():
             print(f"failed: line {row.row} {row.input_url}: {row.error}", file=sys.stderr)
-        print(
-            f"{record.status}: {record.succeeded_images}/{record.total_images} images done, "
-            f"{record.failed_images} failed"
-            + (f"; output CSV {output}" if record.output_key else f"; error: {record.error}")
-        )
+        if record.status is RequestStatus.CANCELLED:
+            print("the request was cancelled", file=sys.stderr)
+        counts = f"{record.succeeded_images}/{record.total_images} images done, "
+        counts += f"{record.failed_images} failed"
+        if record.cancelled_images:
+            counts += f", {record.cancelled_images} cancelled"
+        if record.output_key:
+            outcome = f"; output CSV {output}"
+        else:
+            outcome = f"; error: {record.error}" if record.error else "; no output CSV"
+        print(f"{record.status}: {counts}{outcome}")
         return EXIT[record.status]
     finally:
         services.close()

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.models import iso
-from pipeline.notify import WebhookSender
+from pipeline.notify import Attempt, WebhookSender
 from pipeline.records.base import RecordStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,34 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
+def next_state(
+    state: dict[str, Any],
+    attempt: Attempt,
+    schedule: tuple[float, ...],
+    now: datetime,
+    jitter: float,
+) -> dict[str, Any]:
+    """The delivery's state after one attempt (`jitter` in [0, 1)).
+
+    Delivered; given up (3xx/4xx, or the schedule is spent); or pending again,
+    due after the schedule's next delay (+-50%) or the receiver's Retry-After
+    when that is longer.
+    """
+    count = state["attempt_count"] + 1
+    after = {
+        **state,
+        "attempt_count": count,
+        "attempts": [*state["attempts"], attempt.record()][-KEEP_ATTEMPTS:],
+    }
+    if attempt.outcome == "delivered":
+        return after | {"status": "delivered", "next_attempt_at": None}
+    if attempt.outcome == "give_up" or count > len(schedule):
+        return after | {"status": "failed", "next_attempt_at": None}
+    delay = schedule[count - 1] * (0.5 + jitter)  # +-50%: no thundering herd
+    delay = max(delay, attempt.retry_after or 0.0)
+    return after | {"next_attempt_at": iso(now + timedelta(seconds=delay))}
+
+
 class Deliveries:
     def __init__(
         self,
@@ -50,13 +78,19 @@ class Deliveries:
         schedule: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         jitter: Callable[[], float] = random.random,
+        owner: str = "deliveries",
+        lease_seconds: float = 60.0,
     ):
         self.store = store
         self.sender = sender
         self.schedule = schedule
         self.clock = clock
         self.jitter = jitter
+        self.owner = owner
+        # Longer than one attempt can take, so a claim never lapses mid-attempt.
+        self.lease_seconds = max(lease_seconds, 2 * sender.timeout + 5)
         self._due: list[tuple[datetime, str]] = []
+        self._queued: dict[str, datetime] = {}  # request id -> earliest due time in the heap
         self._busy = 0
         self._stopping = False
         self._cond = threading.Condition()
@@ -76,7 +110,7 @@ class Deliveries:
             self._thread.join(timeout)
 
     def resume(self) -> int:
-        """Queue every delivery a previous process left pending."""
+        """Queue every pending delivery (left by a previous process, or another's)."""
         pending = self.store.pending_deliveries()
         for request_id, state in pending:
             due = datetime.fromisoformat(state.get("next_attempt_at") or iso(self.clock()))
@@ -121,6 +155,10 @@ class Deliveries:
 
     def _push(self, due: datetime, request_id: str) -> None:
         with self._cond:
+            queued = self._queued.get(request_id)
+            if queued is not None and queued <= due:
+                return  # queued already, as early or earlier (a sweep finds it again)
+            self._queued[request_id] = due
             heapq.heappush(self._due, (due, request_id))
             self._cond.notify_all()
 
@@ -132,7 +170,9 @@ class Deliveries:
                     if self._stopping:
                         return
                     if self._due and self._due[0][0] <= self.clock():
-                        _, request_id = heapq.heappop(self._due)
+                        due, request_id = heapq.heappop(self._due)
+                        if self._queued.get(request_id) == due:
+                            del self._queued[request_id]
                         self._busy += 1
                         break
                     wait = (self._due[0][0] - self.clock()).total_seconds() if self._due else None
@@ -148,28 +188,17 @@ class Deliveries:
                     self._cond.notify_all()
 
     def _attempt(self, request_id: str) -> None:
-        record = self.store.get_request(request_id)
-        state = dict(record.webhook) if record else {}
-        if state.get("status") != "pending":
-            return  # delivered or given up meanwhile (e.g. queued twice after a resume)
-        due = state.get("next_attempt_at")
-        if due and datetime.fromisoformat(due) > self.clock():
-            return  # a stale duplicate entry; the one for the persisted due time is queued
+        # Claimed first: pending, due, and no other process attempting it now.
+        state = self.store.claim_delivery(request_id, self.owner, self.clock(), self.lease_seconds)
+        if state is None:
+            return  # delivered, given up, not due, or being attempted elsewhere
         attempt = self.sender.send(state["url"], state["id"], body_of(state["payload"]))
-        count = state["attempt_count"] + 1
-        state["attempt_count"] = count
-        state["attempts"] = [*state["attempts"], attempt.record()][-KEEP_ATTEMPTS:]
-        if attempt.outcome == "delivered":
-            state.update(status="delivered", next_attempt_at=None)
-        elif attempt.outcome == "give_up" or count > len(self.schedule):
-            state.update(status="failed", next_attempt_at=None)
+        after = next_state(state, attempt, self.schedule, self.clock(), self.jitter())
+        if after["status"] == "failed":
             log.warning("webhook %s to %s failed: %s", state["id"], state["url"], attempt.error)
-        else:
-            delay = self.schedule[count - 1] * (0.5 + self.jitter())  # +-50%: no thundering herd
-            delay = max(delay, attempt.retry_after or 0.0)
-            due = self.clock() + timedelta(seconds=delay)
-            state["next_attempt_at"] = iso(due)
-            self.store.set_webhook_state(request_id, state)  # persisted before re-queued
-            self._push(due, request_id)
+        # Persisted before it is queued again; refused if the claim was lost meanwhile.
+        if not self.store.set_webhook_state(request_id, after, owner=self.owner):
+            log.warning("webhook %s: claim lost during the attempt; not recorded", state["id"])
             return
-        self.store.set_webhook_state(request_id, state)
+        if after["status"] == "pending":
+            self._push(datetime.fromisoformat(after["next_attempt_at"]), request_id)

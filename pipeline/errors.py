@@ -60,6 +60,17 @@ class NotReady(PipelineError):
     """The thing asked for exists but is not available yet (e.g. output CSV)."""
 
 
+class Conflict(PipelineError):
+    """The request is not in a state that allows this: cancelling a finished request,
+    deleting an unfinished one. `status` is the request's status when it was refused."""
+
+    def __init__(self, message: str, *, request_id: str, status: str, title: str = "Conflict"):
+        self.request_id = request_id
+        self.status = status
+        self.title = title
+        super().__init__(message)
+
+
 class StorageError(PipelineError):
     """Reading or writing the object store failed."""
 

@@ -8,6 +8,9 @@ on S3), never the whole CSV.
 from __future__ import annotations
 
 import functools
+import uuid
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -68,14 +71,39 @@ def from_table(table: pa.Table) -> list[ImageItem]:
     ]
 
 
+# The batch size a manifest was cut with, kept in its footer: a process that takes
+# a request over must use the manifest's batches, whatever its own BATCH_SIZE.
+BATCH_SIZE_META = b"imagepipe.batch_size"
+
+
 def write_manifest(
     storage: Storage, key: str, items: Sequence[ImageItem], batch_size: int
 ) -> ManifestInfo:
-    table = to_table(items)
-    with storage.open(key, "wb") as fh:
+    """Write once: the file appears whole under `key` or not at all.
+
+    It is written under a temporary name and moved into place, so a reader
+    (another process's tasks) never sees a half-written or truncated manifest.
+    """
+    table = to_table(items).replace_schema_metadata({BATCH_SIZE_META: str(batch_size).encode()})
+    partial = f"{key}.partial-{uuid.uuid4().hex}"
+    with storage.open(partial, "wb") as fh:
         pq.write_table(table, fh, row_group_size=batch_size, compression="zstd")
-    batches = -(-len(items) // batch_size)
-    return ManifestInfo(key=key, images=len(items), batches=batches, batch_size=batch_size)
+    storage.move(partial, key)
+    return _info(key, len(items), batch_size)
+
+
+def describe(storage: Storage, key: str) -> ManifestInfo | None:
+    """The info of a manifest already staged, or None when there is none."""
+    if not storage.exists(key):
+        return None
+    metadata = _footer(storage, key, storage.stamp(key))
+    batch_size = int(metadata.metadata[BATCH_SIZE_META])
+    return _info(key, metadata.num_rows, batch_size)
+
+
+def _info(key: str, images: int, batch_size: int) -> ManifestInfo:
+    batches = -(-images // batch_size)
+    return ManifestInfo(key=key, images=images, batches=batches, batch_size=batch_size)
 
 
 def read_batch(storage: Storage, key: str, batch: int) -> list[ImageItem]:
@@ -103,3 +131,38 @@ def iter_items(storage: Storage, key: str, chunk: int = 10_000) -> Iterator[list
 def batch_of(index: int, batch_size: int) -> int:
     """The row group holding the image at `index` in manifest order."""
     return index // batch_size
+
+
+class Layout:
+    """Where each image sits in the manifest, in 8 bytes per product.
+
+    The driver needs it for a request's whole life (which batch an image is
+    in, which images a batch holds); a dict of every image would be ~100 MB
+    for a 1M-image request.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.images = 0
+        self._starts = array("q")  # index of each row's first image; rows are 0..n-1
+
+    def add(self, items: Sequence[ImageItem]) -> None:
+        """Extend with the next images in manifest order."""
+        for item in items:
+            if item.position == 0:
+                while len(self._starts) < item.row:  # a row without images (none today)
+                    self._starts.append(self.images)
+                self._starts.append(self.images)
+            self.images += 1
+
+    def batch(self, row: int, position: int) -> int:
+        return batch_of(self._starts[row] + position, self.batch_size)
+
+    def batch_length(self, batch: int) -> int:
+        return min(self.batch_size, self.images - batch * self.batch_size)
+
+    def rows_of(self, batch: int) -> range:
+        """The rows with at least one image in `batch`."""
+        first = batch * self.batch_size
+        last = first + self.batch_length(batch) - 1
+        return range(bisect_right(self._starts, first) - 1, bisect_right(self._starts, last))

@@ -13,11 +13,21 @@ from typing import Any
 
 
 class RequestStatus(enum.StrEnum):
+    """A request's life: pending -> queued -> processing -> a final status.
+
+    `pending`: recorded, not yet taken by a driver (no process holds its lease);
+    `queued`: a driver owns it and waits for room on the cluster (staging, or no
+    batch of it submitted yet); `processing`: some of its batches have run.
+    `cancelled` is final, like the other three.
+    """
+
     PENDING = "pending"
+    QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
@@ -25,14 +35,21 @@ class RequestStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = frozenset(
-    {RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS, RequestStatus.FAILED}
+    {
+        RequestStatus.COMPLETED,
+        RequestStatus.COMPLETED_WITH_ERRORS,
+        RequestStatus.FAILED,
+        RequestStatus.CANCELLED,
+    }
 )
+UNFINISHED_STATUSES = frozenset(set(RequestStatus) - FINAL_STATUSES)
 
 
 class ImageStatus(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its request was cancelled before it had a result
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +119,12 @@ class RequestRecord:
     error: str | None = None
     webhook: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None  # see NewRequest.owner
+    cancelled_images: int = 0
+    cancel_requested_at: datetime | None = None
+    # The driving process's lease (see records/base.py): who, until when, last renewal.
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    heartbeat_at: datetime | None = None
 
     @property
     def succeeded_images(self) -> int:
@@ -133,8 +156,9 @@ class ImageRecord:
 
 @dataclass(frozen=True, slots=True)
 class Counters:
-    processed_images: int
+    processed_images: int  # images with a result: done or failed
     failed_images: int
+    cancelled_images: int = 0  # images left without a result by a cancel
 
 
 def image_items(products: list[Product] | tuple[Product, ...]) -> list[ImageItem]:

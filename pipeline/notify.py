@@ -42,6 +42,7 @@ def completion_event(
         "processed_images": record.processed_images,
         "failed_images": record.failed_images,
         "succeeded_images": record.succeeded_images,
+        "cancelled_images": record.cancelled_images,
         "created_at": iso(record.created_at),
         "completed_at": iso(record.completed_at),
         "status_url": status_url,

@@ -1,27 +1,37 @@
-"""Build the real objects from Settings, and say what each component is.
+"""Build the real objects from Settings, say what each is, and run their lifecycle.
 
-The API's `get_app`, the CLI and the notebook all start here, so the laptop
-defaults and the cluster configuration are the same code with different
-environment variables.
+The API, the CLI and the notebook all start here, so the laptop defaults
+and the cluster configuration are the same code with different environment
+variables, and they share one lifecycle: `build_services(...).start()` (the
+driver, pending webhooks, the periodic sweep that also resumes unfinished
+requests) and `close()` (the driver first, so nothing it runs is failed by
+the shutdown; the Dask client only if it was created here).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 
 from distributed import Client
 
+from pipeline.clock import utc_now
 from pipeline.cluster import close_client, dashboard_url, start_client
+from pipeline.completion import Completion
+from pipeline.connection import DaskConnection
 from pipeline.csv_input import CsvLimits
 from pipeline.deliveries import Deliveries, parse_schedule
+from pipeline.driver import Driver, lease_owner_id
 from pipeline.fetch import FetchConfig
+from pipeline.links import Links
 from pipeline.nats_publisher import NatsPublisher
 from pipeline.notify import WebhookSender
 from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
-from pipeline.runner import Runner
+from pipeline.removal import remove_request
 from pipeline.settings import Settings
 from pipeline.storage import Storage, storage_config
+from pipeline.sweeper import Sweeper
 from pipeline.tasks import JobSpec
 
 log = logging.getLogger("imagepipe")
@@ -33,21 +43,35 @@ class Services:
     store: RecordStore
     storage: Storage
     client: Client
-    runner: Runner
+    driver: Driver
+    sweeper: Sweeper
+    deliveries: Deliveries
     descriptions: dict[str, str]
     dashboard_url: str | None = None
-    deliveries: Deliveries | None = None
     nats: NatsPublisher | None = None
+    owns_client: bool = True  # False: the caller gave the client and closes it
+
+    def start(self) -> Services:
+        self.driver.start()
+        self.deliveries.start()
+        if waiting := self.deliveries.resume():
+            log.info("resumed %d pending webhook deliver(ies)", waiting)
+        # Its first sweep, now, takes up the requests left unfinished.
+        self.sweeper.start()
+        return self
 
     def close(self, drain_seconds: float = 5.0) -> None:
-        if self.deliveries is not None:
-            # Give due deliveries a moment; what is left stays pending in the
-            # records and is resumed by the next API start.
-            self.deliveries.wait_settled(drain_seconds)
-            self.deliveries.stop()
+        self.sweeper.stop()
+        # Requests in flight stay unfinished, their leases freed for another process
+        # or the next start; never failed by the shutdown.
+        self.driver.stop()
+        # Give due deliveries a moment; what is left stays pending in the records.
+        self.deliveries.wait_settled(drain_seconds)
+        self.deliveries.stop()
         if self.nats is not None:
             self.nats.close()
-        close_client(self.client)
+        if self.owns_client:
+            close_client(self.client)
         self.store.close()
 
 
@@ -98,9 +122,11 @@ def fetch_config(settings: Settings) -> FetchConfig:
 
 
 def build_services(settings: Settings, *, client: Client | None = None) -> Services:
+    """Every component, built and wired but not started (`Services.start()`)."""
     descriptions: dict[str, str] = {}
     store, descriptions["records"] = open_store(settings)
     storage, descriptions["storage"] = open_storage(settings)
+    owns_client = client is None
     if client is None:
         client, descriptions["dask"] = start_client(settings)
     else:
@@ -117,31 +143,68 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
             fetch_concurrency=settings.fetch_concurrency,
         )
 
+    owner = lease_owner_id()
     sender = WebhookSender(
         secret=settings.webhook_secret,
         timeout=settings.webhook_timeout,
         allow_private_networks=settings.allow_private_networks,
     )
     deliveries = Deliveries(
-        store, sender, schedule=parse_schedule(settings.webhook_retry_schedule)
-    ).start()
+        store,
+        sender,
+        schedule=parse_schedule(settings.webhook_retry_schedule),
+        owner=owner,
+        lease_seconds=settings.lease_seconds,
+    )
     nats = (
         NatsPublisher(settings.nats_url, settings.nats_subject).start()
         if settings.nats_url
         else None
     )
-    runner = Runner(
-        client,
+    completion = Completion(
         store,
         storage,
+        deliveries,
+        Links(settings.base_url),
+        owner=owner,
+        clock=utc_now,
+        publish=nats.publish if nats else None,
+        default_webhook_url=settings.webhook_url,
+    )
+    driver = Driver(
+        DaskConnection(client, threading.Event()),
+        store,
+        storage,
+        completion,
         job_spec,
         batch_size=settings.batch_size,
         limits=csv_limits(settings),
-        deliveries=deliveries,
-        publish=nats.publish if nats else None,
-        api_base_url=settings.base_url,
-        default_webhook_url=settings.webhook_url,
+        owner=owner,
+        lease_seconds=settings.lease_seconds,
+        window=settings.max_batches_in_flight,
     )
+    sweeper = Sweeper(
+        store,
+        driver,
+        deliveries,
+        lease_seconds=settings.lease_seconds,
+        remove=lambda request_id: remove_request(store, storage, request_id),
+        retention_days=settings.retention_days,
+    )
+    descriptions["sharing"] = (
+        f"sharing: this process is {owner}; requests leased for {settings.lease_seconds:g}s "
+        "(LEASE_SECONDS), "
+        + (
+            f"final requests deleted after {settings.retention_days:g} days (RETENTION_DAYS)"
+            if settings.retention_days
+            else "final requests kept (set RETENTION_DAYS to delete old ones)"
+        )
+    )
+    if settings.mongodb_uri and not settings.api_base_url:
+        descriptions["links"] = (
+            "links: WARNING API_BASE_URL is not set; with several API processes behind a "
+            f"load balancer, set it to the address clients use (now {settings.base_url})"
+        )
     descriptions["webhook"] = (
         f"webhook: {settings.webhook_url}"
         if settings.webhook_url
@@ -170,9 +233,11 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
         store,
         storage,
         client,
-        runner,
+        driver,
+        sweeper,
+        deliveries,
         descriptions,
         dashboard_url(client, settings),
-        deliveries,
         nats,
+        owns_client,
     )

@@ -53,6 +53,9 @@ class Settings:
     # Processing
     jpeg_quality: int = 50
     batch_size: int = 32
+    # Batches in flight on the cluster for all the requests one API process drives,
+    # shared round-robin between them; 0: twice the cluster's worker threads.
+    max_batches_in_flight: int = 0
     fetch_concurrency: int = 16
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
@@ -63,6 +66,14 @@ class Settings:
     fetch_retries: int = 2
     fetch_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
     allow_private_networks: bool = False
+
+    # Sharing (README "Running several API processes"). An unfinished request is
+    # driven by the one process holding its lease in the record store; a process
+    # silent for LEASE_SECONDS loses its requests to the others' sweeps (every
+    # LEASE_SECONDS / 3). RETENTION_DAYS > 0: final requests older than that are
+    # deleted with their stored objects; 0 keeps them forever.
+    lease_seconds: float = 30.0
+    retention_days: float = 0.0
 
     # Upload limits
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -124,6 +135,12 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "total_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
+        if self.lease_seconds < 1:
+            raise ConfigError(f"LEASE_SECONDS must be at least 1, got {self.lease_seconds:g}")
+        if self.retention_days < 0:
+            raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or more")
+        if self.max_batches_in_flight < 0:
+            raise ConfigError("MAX_BATCHES_IN_FLIGHT must be 0 (automatic) or more")
         self._validate_api_protection()
         try:
             delays = [float(p) for p in self.webhook_retry_schedule.split(",") if p.strip()]

@@ -98,6 +98,14 @@ class Storage:
             self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
         return self.fs.open(self.path(key), mode)
 
+    def move(self, source: str, target: str) -> None:
+        """Rename an object (atomic on local files; copy then delete on object stores,
+        where the target still appears whole or not at all)."""
+        try:
+            self.fs.mv(self.path(source), self.path(target))
+        except OSError as exc:
+            raise StorageError(f"could not move {source} to {target}: {exc}") from exc
+
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
@@ -114,6 +122,24 @@ class Storage:
             raise StorageError(f"could not stat {key}: {exc}") from exc
         version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
         return f"{info.get('size')}:{version}"
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix` (a folder such as "requests/<id>/").
+
+        Nothing there is not an error, so a removal interrupted midway can simply
+        run again. The prefix must name a folder below the root: an empty, absolute,
+        "." or ".." one is refused rather than risk removing the whole store.
+        """
+        parts = prefix.removesuffix("/").split("/")
+        if prefix.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise StorageError(f"refusing to delete storage prefix {prefix!r}")
+        key = "/".join(parts)
+        try:
+            self.fs.rm(self.path(key), recursive=True)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"could not delete {key}/: {exc}") from exc
 
     def url(self, key: str) -> str:
         """The URL of a stored object, as users will fetch it."""

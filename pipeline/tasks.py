@@ -10,6 +10,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -46,11 +47,23 @@ def output_csv_key(request_id: str) -> str:
     return f"requests/{request_id}/output.csv"
 
 
+def cancel_marker_key(request_id: str) -> str:
+    """Present once the request is cancelled: its tasks start no more downloads."""
+    return f"requests/{request_id}/cancelled"
+
+
 def stage_manifest(spec: JobSpec, batch_size: int, limits: CsvLimits) -> manifest.ManifestInfo:
-    """CSV on storage -> validated products -> Parquet manifest on storage."""
+    """CSV on storage -> validated products -> Parquet manifest on storage.
+
+    A manifest staged before (by this process or one that owned the request
+    earlier) is used as it is: never rewritten under tasks that may be reading it.
+    """
     storage = storage_for(spec.storage)
-    products = parse_products(storage.get(input_csv_key(spec.request_id)), limits)
     key = manifest.manifest_key(spec.request_id)
+    staged = manifest.describe(storage, key)
+    if staged is not None:
+        return staged
+    products = parse_products(storage.get(input_csv_key(spec.request_id)), limits)
     return manifest.write_manifest(storage, key, image_items(products), batch_size)
 
 
@@ -72,22 +85,69 @@ def process_batch(
         items = [i for i in items if (i.row, i.position) in only]
     if not items:
         return []
+    cancelled = CancelCheck(storage, spec.request_id)
+    if cancelled():
+        return []
     fetcher = Fetcher(spec.fetch)
     # Downloads overlap (network latency hidden); compression happens here, in
     # the task's thread, so CPU parallelism stays what the worker was sized for.
     with ThreadPoolExecutor(max_workers=min(spec.fetch_concurrency, len(items))) as pool:
-        downloads = {pool.submit(_download, fetcher, item.input_url): item for item in items}
-        return [_finish(spec, downloads[done], done.result()) for done in as_completed(downloads)]
+        downloads = {
+            pool.submit(_download, fetcher, item.input_url, cancelled): item for item in items
+        }
+        results = (
+            _finish(spec, downloads[done], done.result()) for done in as_completed(downloads)
+        )
+        # An image skipped for a cancel has no result: it stays pending until the
+        # driver marks it cancelled.
+        return [result for result in results if result is not None]
 
 
-def _download(fetcher: Fetcher, url: str) -> bytes | FetchError:
+class CancelCheck:
+    """Whether the request was cancelled, asked of storage at most every `interval` s.
+
+    Shared by a batch's download threads: a cancel stops new downloads within
+    about a second, at the cost of one existence check per second per batch.
+    """
+
+    def __init__(self, storage: Storage, request_id: str, interval: float = 1.0):
+        self.storage = storage
+        self.key = cancel_marker_key(request_id)
+        self.interval = interval
+        self._checked_at = -float("inf")
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked_at >= self.interval:
+            self._checked_at = now
+            # Storage trouble: keep going; the image's own write will report it.
+            with contextlib.suppress(OSError):
+                self._cancelled = self.storage.exists(self.key)
+        return self._cancelled
+
+
+class Skipped:
+    """A download not started because the request was cancelled."""
+
+
+def _download(
+    fetcher: Fetcher, url: str, cancelled: Callable[[], bool]
+) -> bytes | FetchError | Skipped:
+    if cancelled():
+        return Skipped()
     try:
         return fetcher.fetch(url)
     except FetchError as exc:
         return exc
 
 
-def _finish(spec: JobSpec, item: ImageItem, downloaded: bytes | FetchError) -> ImageResult:
+def _finish(
+    spec: JobSpec, item: ImageItem, downloaded: bytes | FetchError | Skipped
+) -> ImageResult | None:
+    if isinstance(downloaded, Skipped):
+        return None
+
     def failed(reason: str, bytes_in: int | None = None) -> ImageResult:
         return ImageResult(item.row, item.position, ok=False, error=reason, bytes_in=bytes_in)
 

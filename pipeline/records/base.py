@@ -12,6 +12,18 @@ Rules every backend keeps:
   batch twice (a retried Dask task) counts each image once.
 - Reads of a request are O(1): counters live on the request, they are never
   recomputed by scanning images except by `recount`.
+
+Leases (several API processes on one store): an unfinished request is driven
+by the one process holding its lease (`lease_owner`, `lease_expires_at`,
+`heartbeat_at` on the request). `claim_request` takes it atomically (a
+conditional update on MongoDB, one transaction on SQLite) only when it is free,
+expired, or already the caller's; the owner renews it well before it expires
+(`renew_leases`); `finish` with `owner` records a final status only while the
+caller still holds the lease, and frees it. Webhook deliveries have a lease of
+their own (`delivery_owner`, `delivery_expires_at`), taken by `claim_delivery`
+before each attempt and given back by `set_webhook_state(..., owner=...)`, so
+each attempt is made by one process and recorded once. Lease times are compared
+as the store keeps them (UTC, milliseconds), with the caller's clock.
 """
 
 from __future__ import annotations
@@ -38,7 +50,10 @@ class RecordStore(Protocol):
     def get_request(self, request_id: str) -> RequestRecord | None: ...
 
     def mark_processing(self, request_id: str, at: datetime) -> None:
-        """pending -> processing; sets started_at the first time only."""
+        """pending/queued -> processing; sets started_at the first time only."""
+
+    def mark_queued(self, request_id: str, at: datetime) -> None:
+        """pending -> queued (a driver owns it, it waits for room); others unchanged."""
 
     def add_images(self, request_id: str, items: Sequence[ImageItem]) -> int:
         """Insert images as `pending`; returns how many were new."""
@@ -57,14 +72,34 @@ class RecordStore(Protocol):
         output_key: str | None = None,
         error: str | None = None,
         webhook: dict[str, Any] | None = None,
-    ) -> None:
+        owner: str | None = None,
+    ) -> bool:
         """Set a final status, completed_at, and the output CSV key or error.
 
         With `webhook`, the request's delivery state is set in the same write.
+        With `owner`, only while the request is unfinished and `owner` holds its
+        lease; the lease is freed. Returns False when that condition did not hold
+        (nothing written); raises RequestNotFound for an unknown id.
         """
 
-    def set_webhook_state(self, request_id: str, state: dict[str, Any]) -> None:
-        """Replace the request's webhook delivery state (a small JSON-able dict)."""
+    def set_webhook_state(
+        self, request_id: str, state: dict[str, Any], *, owner: str | None = None
+    ) -> bool:
+        """Replace the request's webhook delivery state (a small JSON-able dict).
+
+        With `owner`, only while `owner` holds the delivery lease, which is freed
+        in the same write; returns False (nothing written) when it does not.
+        RequestNotFound for an unknown id.
+        """
+
+    def claim_delivery(
+        self, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> dict[str, Any] | None:
+        """Take the delivery lease for one attempt and return the delivery state.
+
+        Only when the state is "pending", its `next_attempt_at` is not after `now`,
+        and the delivery lease is free, expired or `owner`'s. Otherwise None.
+        """
 
     def list_images(self, request_id: str, row_start: int, row_end: int) -> list[ImageRecord]:
         """Images of rows in [row_start, row_end), ordered by (row, position)."""
@@ -83,5 +118,59 @@ class RecordStore(Protocol):
 
     def unfinished_requests(self) -> list[str]:
         """Ids of requests not in a final status, oldest first."""
+
+    # -- leases -----------------------------------------------------------------
+    def claim_request(
+        self, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Take or renew the lease of an unfinished request, atomically.
+
+        Succeeds when the lease is free, expired (`lease_expires_at <= now`) or
+        already `owner`'s: sets lease_owner, lease_expires_at = now + lease_seconds
+        and heartbeat_at = now. False for a final request or a live lease of
+        another owner; RequestNotFound for an unknown id.
+        """
+
+    def renew_leases(
+        self, owner: str, request_ids: Sequence[str], now: datetime, lease_seconds: float
+    ) -> set[str]:
+        """Extend `owner`'s live leases on these unfinished requests; returns the ids
+        still held (a lease that expired is renewed only if nobody took it)."""
+
+    def release_request(self, request_id: str, owner: str) -> None:
+        """Free `owner`'s lease (a clean shutdown), so another process may take it now."""
+
+    def claimable_requests(self, now: datetime, limit: int = 100) -> list[str]:
+        """Unfinished requests whose lease is free or expired, oldest first."""
+
+    # -- cancel, delete, list -------------------------------------------------------
+    def request_cancel(self, request_id: str, at: datetime) -> bool:
+        """Mark an unfinished request to be cancelled (cancel_requested_at, first time
+        only). False when it is final already; RequestNotFound for an unknown id."""
+
+    def cancel_requested(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of these requests have a cancel requested (one query)."""
+
+    def cancel_pending_images(self, request_id: str) -> int:
+        """Every image still pending -> cancelled; returns how many."""
+
+    def delete_request(self, request_id: str) -> bool:
+        """Remove a final request and its images. False (nothing removed) while it is
+        unfinished; RequestNotFound for an unknown id."""
+
+    def expired_requests(self, completed_before: datetime, limit: int = 100) -> list[str]:
+        """Final requests completed before the given time, oldest first."""
+
+    def list_requests(
+        self,
+        *,
+        owner: str | None = None,
+        statuses: Sequence[RequestStatus] = (),
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[RequestRecord], int]:
+        """A page of requests, newest first (created_at, then request_id, descending),
+        and how many match in all. `owner` set: only that owner's requests;
+        `statuses` non-empty: only those statuses."""
 
     def close(self) -> None: ...

@@ -11,21 +11,28 @@ Each image update is atomic with its `status: pending` filter, so a retried or
 concurrent batch still counts every image once; only a process dying between
 the two steps can leave the counters low, and `recount` (which the runner calls
 before finishing a request) repairs that.
+
+Leases are single-document conditional updates: the filter states the
+condition (unfinished, lease free, expired or the caller's), so of several
+processes racing for one request exactly one update matches.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from pipeline.errors import RecordStoreError, RequestNotFound
 from pipeline.models import (
+    FINAL_STATUSES,
+    UNFINISHED_STATUSES,
     Counters,
     ImageItem,
     ImageRecord,
@@ -35,12 +42,17 @@ from pipeline.models import (
     RequestRecord,
     RequestStatus,
 )
+from pipeline.records.rules import delivery_due, first_per_image
 
+log = logging.getLogger(__name__)
 _DUPLICATE_KEY = 11000
-_UNFINISHED = {"$in": [RequestStatus.PENDING.value, RequestStatus.PROCESSING.value]}
-_COUNTERS = {"_id": 0, "processed_images": 1, "failed_images": 1}
+_UNFINISHED = {"$in": [s.value for s in RequestStatus if s in UNFINISHED_STATUSES]}
+_FINAL = {"$in": [s.value for s in RequestStatus if s in FINAL_STATUSES]}
+_COUNTERS = {"_id": 0, "processed_images": 1, "failed_images": 1, "cancelled_images": 1}
 _IMAGE_FIELDS = {"_id": 0, "request_id": 0}
 _BY_POSITION = [("row", ASCENDING), ("position", ASCENDING)]
+_OLDEST_FIRST = [("created_at", ASCENDING), ("_id", ASCENDING)]
+_NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 
 
 @contextmanager
@@ -52,7 +64,7 @@ def _wrap_errors() -> Iterator[None]:
 
 
 class MongoRecordStore:
-    """`RecordStore` on a pymongo `Database` (tests pass a mongomock one)."""
+    """`RecordStore` on a pymongo `Database`."""
 
     def __init__(self, database: Database, *, close_client: bool = False):
         self.database = database
@@ -88,6 +100,14 @@ class MongoRecordStore:
         self.requests.create_index(
             [("status", ASCENDING), ("created_at", ASCENDING)], name="status_created_at"
         )
+        # list_requests, newest first (read backwards): all requests, or one owner's.
+        self.requests.create_index(_OLDEST_FIRST, name="created_at_id")
+        self.requests.create_index(
+            [("owner", ASCENDING), *_OLDEST_FIRST], name="owner_created_at_id"
+        )
+        self.requests.create_index(
+            [("completed_at", ASCENDING), ("_id", ASCENDING)], name="completed_at_id"
+        )
 
     # -- requests -------------------------------------------------------------
     @_wrap_errors()
@@ -111,6 +131,13 @@ class MongoRecordStore:
                 "error": None,
                 "webhook": {},
                 "owner": request.owner,
+                "cancelled_images": 0,
+                "cancel_requested_at": None,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "heartbeat_at": None,
+                "delivery_owner": None,
+                "delivery_expires_at": None,
             }
         )
 
@@ -138,6 +165,13 @@ class MongoRecordStore:
             self._require(request_id)
 
     @_wrap_errors()
+    def mark_queued(self, request_id: str, at: datetime) -> None:
+        queued = {"status": RequestStatus.QUEUED.value, "updated_at": _aware(at)}
+        pending = {"_id": request_id, "status": RequestStatus.PENDING.value}
+        if not self.requests.update_one(pending, {"$set": queued}).matched_count:
+            self._require(request_id)
+
+    @_wrap_errors()
     def finish(
         self,
         request_id: str,
@@ -147,31 +181,197 @@ class MongoRecordStore:
         output_key: str | None = None,
         error: str | None = None,
         webhook: dict[str, Any] | None = None,
-    ) -> None:
+        owner: str | None = None,
+    ) -> bool:
         at = _aware(at)
         fields = {"status": RequestStatus(status).value, "completed_at": at, "updated_at": at}
         fields |= {"output_key": output_key, "error": error}
         if webhook is not None:
             fields["webhook"] = webhook  # one document update: both or neither
-        if not self.requests.update_one({"_id": request_id}, {"$set": fields}).matched_count:
-            raise RequestNotFound(request_id)
+        query: dict[str, Any] = {"_id": request_id}
+        if owner is not None:
+            # The owner's own write wins even past expiry, as long as nobody took over.
+            query |= {"status": _UNFINISHED, "lease_owner": owner}
+            fields |= {"lease_owner": None, "lease_expires_at": None}
+        if self.requests.update_one(query, {"$set": fields}).matched_count:
+            return True
+        self._require(request_id)
+        return False
 
     @_wrap_errors()
-    def set_webhook_state(self, request_id: str, state: dict[str, Any]) -> None:
-        update = {"$set": {"webhook": state}}
-        if not self.requests.update_one({"_id": request_id}, update).matched_count:
-            raise RequestNotFound(request_id)
+    def set_webhook_state(
+        self, request_id: str, state: dict[str, Any], *, owner: str | None = None
+    ) -> bool:
+        query: dict[str, Any] = {"_id": request_id}
+        fields: dict[str, Any] = {"webhook": state}
+        if owner is not None:
+            query["delivery_owner"] = owner
+            fields |= {"delivery_owner": None, "delivery_expires_at": None}
+        if self.requests.update_one(query, {"$set": fields}).matched_count:
+            return True
+        self._require(request_id)
+        return False
+
+    @_wrap_errors()
+    def claim_delivery(
+        self, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> dict[str, Any] | None:
+        now = _aware(now)
+        doc = self.requests.find_one({"_id": request_id}, {"webhook": 1})
+        state = dict(doc.get("webhook") or {}) if doc else {}
+        due_text = state.get("next_attempt_at")
+        if state.get("status") != "pending" or not delivery_due(due_text, now):
+            return None
+        # Compare-and-set on the state just judged due: if another process replaced it
+        # meanwhile, nothing matches. The due time stays a fact of the state alone,
+        # so states written before delivery leases existed are claimed the same way.
+        claimed = self.requests.find_one_and_update(
+            {
+                "_id": request_id,
+                "webhook.status": "pending",
+                "webhook.next_attempt_at": due_text,
+                "$or": _lease_free("delivery", now, owner),
+            },
+            {
+                "$set": {
+                    "delivery_owner": owner,
+                    "delivery_expires_at": _ms(now + timedelta(seconds=lease_seconds)),
+                }
+            },
+            projection={"webhook": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if claimed is None else dict(claimed["webhook"])
 
     @_wrap_errors()
     def pending_deliveries(self) -> list[tuple[str, dict[str, Any]]]:
         cursor = self.requests.find({"webhook.status": "pending"}, {"_id": 1, "webhook": 1})
-        ordered = cursor.sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-        return [(doc["_id"], doc["webhook"]) for doc in ordered]
+        return [(doc["_id"], doc["webhook"]) for doc in cursor.sort(_OLDEST_FIRST)]
 
     @_wrap_errors()
     def unfinished_requests(self) -> list[str]:
         cursor = self.requests.find({"status": _UNFINISHED}, {"_id": 1})
-        return [doc["_id"] for doc in cursor.sort([("created_at", ASCENDING), ("_id", ASCENDING)])]
+        return [doc["_id"] for doc in cursor.sort(_OLDEST_FIRST)]
+
+    # -- leases -----------------------------------------------------------------
+    @_wrap_errors()
+    def claim_request(
+        self, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        now = _aware(now)
+        claimed = self.requests.update_one(
+            {"_id": request_id, "status": _UNFINISHED, "$or": _lease_free("lease", now, owner)},
+            {"$set": _lease(owner, now, lease_seconds)},
+        )
+        if claimed.matched_count:
+            return True
+        self._require(request_id)
+        return False
+
+    @_wrap_errors()
+    def renew_leases(
+        self, owner: str, request_ids: Sequence[str], now: datetime, lease_seconds: float
+    ) -> set[str]:
+        if not request_ids:
+            return set()
+        now = _aware(now)
+        # lease_owner = owner, expired or not: renewing never takes another's lease.
+        mine = {"_id": {"$in": list(request_ids)}, "lease_owner": owner, "status": _UNFINISHED}
+        self.requests.update_many(mine, {"$set": _lease(owner, now, lease_seconds)})
+        return {doc["_id"] for doc in self.requests.find(mine, {"_id": 1})}
+
+    @_wrap_errors()
+    def release_request(self, request_id: str, owner: str) -> None:
+        self.requests.update_one(
+            {"_id": request_id, "lease_owner": owner},
+            {"$set": {"lease_owner": None, "lease_expires_at": None}},
+        )
+
+    @_wrap_errors()
+    def claimable_requests(self, now: datetime, limit: int = 100) -> list[str]:
+        if limit <= 0:  # a MongoDB limit of 0 means no limit
+            return []
+        query = {"status": _UNFINISHED, "$or": _lease_free("lease", _aware(now))}
+        cursor = self.requests.find(query, {"_id": 1}).sort(_OLDEST_FIRST).limit(limit)
+        return [doc["_id"] for doc in cursor]
+
+    # -- cancel, delete, list ---------------------------------------------------
+    @_wrap_errors()
+    def request_cancel(self, request_id: str, at: datetime) -> bool:
+        at = _aware(at)
+        first = self.requests.update_one(
+            {"_id": request_id, "status": _UNFINISHED, "cancel_requested_at": None},
+            {"$set": {"cancel_requested_at": at, "updated_at": at}},
+        )
+        if first.matched_count:
+            return True
+        if self.requests.find_one({"_id": request_id, "status": _UNFINISHED}, {"_id": 1}):
+            return True  # asked before: the first time stands
+        self._require(request_id)
+        return False
+
+    @_wrap_errors()
+    def cancel_requested(self, request_ids: Sequence[str]) -> set[str]:
+        if not request_ids:
+            return set()
+        query = {"_id": {"$in": list(request_ids)}, "cancel_requested_at": {"$ne": None}}
+        return {doc["_id"] for doc in self.requests.find(query, {"_id": 1})}
+
+    @_wrap_errors()
+    def cancel_pending_images(self, request_id: str) -> int:
+        self._require(request_id)
+        # Same two steps as apply_results: only pending images change, then one $inc.
+        cancelled = self.images.update_many(
+            {"request_id": request_id, "status": ImageStatus.PENDING.value},
+            {"$set": {"status": ImageStatus.CANCELLED.value}},
+        ).modified_count
+        if cancelled:
+            self.requests.update_one({"_id": request_id}, {"$inc": {"cancelled_images": cancelled}})
+        return cancelled
+
+    @_wrap_errors()
+    def delete_request(self, request_id: str) -> bool:
+        doc = self.requests.find_one({"_id": request_id}, {"status": 1})
+        if doc is None:
+            raise RequestNotFound(request_id)
+        if not RequestStatus(doc["status"]).is_final:
+            return False
+        # A final request never becomes unfinished again, so the check holds. Images go
+        # first: a process dying in between leaves a request a retry deletes, never
+        # images nothing points to.
+        self.images.delete_many({"request_id": request_id})
+        if not self.requests.delete_one({"_id": request_id, "status": _FINAL}).deleted_count:
+            raise RequestNotFound(request_id)  # another process deleted it meanwhile
+        return True
+
+    @_wrap_errors()
+    def expired_requests(self, completed_before: datetime, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        query = {"status": _FINAL, "completed_at": {"$lt": _aware(completed_before)}}
+        cursor = self.requests.find(query, {"_id": 1})
+        ordered = cursor.sort([("completed_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)
+        return [doc["_id"] for doc in ordered]
+
+    @_wrap_errors()
+    def list_requests(
+        self,
+        *,
+        owner: str | None = None,
+        statuses: Sequence[RequestStatus] = (),
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[RequestRecord], int]:
+        query: dict[str, Any] = {}
+        if owner is not None:
+            query["owner"] = owner
+        if statuses:
+            query["status"] = {"$in": list(dict.fromkeys(RequestStatus(s).value for s in statuses))}
+        total = self.requests.count_documents(query)
+        if limit <= 0:
+            return [], total
+        cursor = self.requests.find(query).sort(_NEWEST_FIRST).skip(max(offset, 0)).limit(limit)
+        return [_request_record(doc) for doc in cursor], total
 
     # -- images ---------------------------------------------------------------
     @_wrap_errors()
@@ -206,7 +406,7 @@ class MongoRecordStore:
         self, request_id: str, results: Sequence[ImageResult], at: datetime
     ) -> Counters:
         at = _aware(at)
-        unique = _first_per_image(results)
+        unique = first_per_image(results)
         # Successes and failures go in separate bulks so each modified count says how
         # many of that kind actually left `pending`.
         succeeded, ok_error = self._update_pending(request_id, [r for r in unique if r.ok])
@@ -229,7 +429,7 @@ class MongoRecordStore:
             raise RecordStoreError(f"MongoDB record store failed: {error}") from error
         if doc is None:
             raise RequestNotFound(request_id)
-        return Counters(doc["processed_images"], doc["failed_images"])
+        return _counters(doc)
 
     @_wrap_errors()
     def list_images(self, request_id: str, row_start: int, row_end: int) -> list[ImageRecord]:
@@ -265,15 +465,21 @@ class MongoRecordStore:
         }
         failed = by_status.get(ImageStatus.FAILED.value, 0)
         processed = by_status.get(ImageStatus.DONE.value, 0) + failed
+        cancelled = by_status.get(ImageStatus.CANCELLED.value, 0)
+        counters = {
+            "processed_images": processed,
+            "failed_images": failed,
+            "cancelled_images": cancelled,
+        }
         doc = self.requests.find_one_and_update(
             {"_id": request_id},
-            {"$set": {"processed_images": processed, "failed_images": failed}},
+            {"$set": counters},
             projection=_COUNTERS,
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             raise RequestNotFound(request_id)
-        return Counters(doc["processed_images"], doc["failed_images"])
+        return _counters(doc)
 
     def close(self) -> None:
         if self._close_client:
@@ -320,9 +526,30 @@ def _result_fields(result: ImageResult) -> dict[str, Any]:
     }
 
 
-def _first_per_image(results: Sequence[ImageResult]) -> list[ImageResult]:
-    """Keep the first result of each image, so a batch with duplicates counts once."""
-    return list({(r.row, r.position): r for r in reversed(results)}.values())
+def _counters(doc: Mapping[str, Any]) -> Counters:
+    # .get: documents written before cancels existed have no cancelled_images.
+    return Counters(doc["processed_images"], doc["failed_images"], doc.get("cancelled_images", 0))
+
+
+def _lease(owner: str, now: datetime, lease_seconds: float) -> dict[str, Any]:
+    expires = _ms(now + timedelta(seconds=lease_seconds))
+    return {"lease_owner": owner, "lease_expires_at": expires, "heartbeat_at": _ms(now)}
+
+
+def _lease_free(kind: str, now: datetime, owner: str | None = None) -> list[dict[str, Any]]:
+    """`$or` clauses: the `kind` lease ("lease" or "delivery") is free, expired or owner's.
+
+    `{field: None}` also matches a missing field: documents from before leases are free.
+    """
+    owner_field, expires_field = f"{kind}_owner", f"{kind}_expires_at"
+    clauses: list[dict[str, Any]] = [
+        {owner_field: None},
+        {expires_field: None},
+        {expires_field: {"$lte": _ms(now)}},
+    ]
+    if owner is not None:
+        clauses.append({owner_field: owner})
+    return clauses
 
 
 def _aware(at: datetime) -> datetime:
@@ -330,6 +557,11 @@ def _aware(at: datetime) -> datetime:
     if at.tzinfo is None:
         raise ValueError(f"naive datetime {at!r}: pass a timezone-aware UTC datetime")
     return at.astimezone(UTC)
+
+
+def _ms(at: datetime) -> datetime:
+    """The precision BSON keeps; truncated here so what is compared is what is stored."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 def _utc(value: datetime) -> datetime:
@@ -358,8 +590,13 @@ def _request_record(doc: Mapping[str, Any]) -> RequestRecord:
         output_key=doc.get("output_key"),
         error=doc.get("error"),
         webhook=dict(doc.get("webhook") or {}),
-        # .get: documents written before owners existed have no such field.
+        # .get: documents written before these fields existed have none of them.
         owner=doc.get("owner"),
+        cancelled_images=doc.get("cancelled_images", 0),
+        cancel_requested_at=_utc_or_none(doc.get("cancel_requested_at")),
+        lease_owner=doc.get("lease_owner"),
+        lease_expires_at=_utc_or_none(doc.get("lease_expires_at")),
+        heartbeat_at=_utc_or_none(doc.get("heartbeat_at")),
     )
 
 

@@ -4,11 +4,12 @@ waitress API threads read while Dask driver threads write, so every thread
 gets its own connection (`threading.local`); WAL mode lets those readers run
 while a writer holds the lock, and `busy_timeout` makes writers queue instead
 of failing. Every write is one explicit `BEGIN IMMEDIATE` transaction, taken
-before the first read, so no two writers interleave their read-then-write.
+before the first read, so no two writers interleave their read-then-write:
+that is also what makes a lease claim atomic between processes sharing the file.
 
 Timestamps are ISO-8601 UTC text of fixed width with millisecond precision
-(the same precision MongoDB keeps), so they sort as text and both backends
-return equal values.
+(the same precision MongoDB keeps), so they sort and compare as text and both
+backends return equal values.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import RecordStoreError, RequestNotFound
 from pipeline.models import (
+    FINAL_STATUSES,
+    UNFINISHED_STATUSES,
     Counters,
     ImageItem,
     ImageRecord,
@@ -34,32 +37,54 @@ from pipeline.models import (
     RequestRecord,
     RequestStatus,
 )
+from pipeline.records.rules import delivery_due, first_per_image
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 10.0  # seconds close() waits for a thread's statement to finish
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id       TEXT PRIMARY KEY,
-    status           TEXT NOT NULL,
-    total_rows       INTEGER NOT NULL,
-    total_images     INTEGER NOT NULL,
-    processed_images INTEGER NOT NULL DEFAULT 0,
-    failed_images    INTEGER NOT NULL DEFAULT 0,
-    created_at       TEXT NOT NULL,
-    updated_at       TEXT NOT NULL,
-    started_at       TEXT,
-    completed_at     TEXT,
-    source_name      TEXT NOT NULL DEFAULT '',
-    webhook_url      TEXT,
-    output_key       TEXT,
-    error            TEXT,
-    webhook          TEXT NOT NULL DEFAULT '{}',
-    owner            TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (created_at, request_id)
-    WHERE status IN ('pending', 'processing');
-CREATE TABLE IF NOT EXISTS images (
+
+def _status_in(statuses: frozenset[RequestStatus]) -> str:
+    # Enum order, so the text is the same on every run.
+    quoted = ", ".join(f"'{s.value}'" for s in RequestStatus if s in statuses)
+    return f"status IN ({quoted})"
+
+
+# The predicate must match the partial index's text for SQLite to use it.
+_UNFINISHED = _status_in(UNFINISHED_STATUSES)
+_FINAL = _status_in(FINAL_STATUSES)
+# A lease nobody holds, or one that ran out (`:now` is the caller's clock).
+_REQUEST_LEASE_FREE = (
+    "(lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= :now)"
+)
+_BATCH = 500  # ids per IN (...): well under SQLite's bound-parameter limit
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS requests (
+    request_id          TEXT PRIMARY KEY,
+    status              TEXT NOT NULL,
+    total_rows          INTEGER NOT NULL,
+    total_images        INTEGER NOT NULL,
+    processed_images    INTEGER NOT NULL DEFAULT 0,
+    failed_images       INTEGER NOT NULL DEFAULT 0,
+    created_at          TEXT NOT NULL,
+    updated_at          TEXT NOT NULL,
+    started_at          TEXT,
+    completed_at        TEXT,
+    source_name         TEXT NOT NULL DEFAULT '',
+    webhook_url         TEXT,
+    output_key          TEXT,
+    error               TEXT,
+    webhook             TEXT NOT NULL DEFAULT '{}',
+    owner               TEXT,
+    cancelled_images    INTEGER NOT NULL DEFAULT 0,
+    cancel_requested_at TEXT,
+    lease_owner         TEXT,
+    lease_expires_at    TEXT,
+    heartbeat_at        TEXT,
+    delivery_owner      TEXT,
+    delivery_expires_at TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS images (
     request_id   TEXT NOT NULL,
     row          INTEGER NOT NULL,
     position     INTEGER NOT NULL,
@@ -74,13 +99,34 @@ CREATE TABLE IF NOT EXISTS images (
     width        INTEGER,
     height       INTEGER,
     UNIQUE (request_id, row, position)
-);
-CREATE INDEX IF NOT EXISTS images_pending ON images (request_id, row, position)
-    WHERE status = 'pending';
-"""
-
-# The predicate must match the partial index's text for SQLite to use it.
-_UNFINISHED = "status IN ('pending', 'processing')"
+)""",
+)
+# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an older
+# records.db as it was, so they are added on open (NULL or the default in its rows).
+_ADDED_REQUEST_COLUMNS = (
+    ("owner", "TEXT"),
+    ("cancelled_images", "INTEGER NOT NULL DEFAULT 0"),
+    ("cancel_requested_at", "TEXT"),
+    ("lease_owner", "TEXT"),
+    ("lease_expires_at", "TEXT"),
+    ("heartbeat_at", "TEXT"),
+    ("delivery_owner", "TEXT"),
+    ("delivery_expires_at", "TEXT"),
+)
+# Indexes whose definition changed: an older file still has them under these names.
+_DROPPED_INDEXES = ("requests_unfinished",)  # its predicate left out `queued`
+# Created after the added columns, since some of them index those columns.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS requests_unfinished_by_age ON requests"
+    f" (created_at, request_id) WHERE {_UNFINISHED}",
+    # list_requests, newest first: all requests, or one owner's.
+    "CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at, request_id)",
+    "CREATE INDEX IF NOT EXISTS requests_owner_created ON requests (owner, created_at, request_id)",
+    "CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at, request_id)"
+    " WHERE completed_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS images_pending ON images (request_id, row, position)"
+    " WHERE status = 'pending'",
+)
 _IMAGE_COLUMNS = (
     "row, position, serial, product_name, input_url, status,"
     " output_key, error, bytes_in, bytes_out, width, height"
@@ -108,8 +154,7 @@ class SqliteRecordStore:
             conn = self._conn()
             # journal_mode is persistent in the file, so setting it once is enough.
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
-            _add_missing_columns(conn)
+            _migrate(conn)
 
     # -- requests -------------------------------------------------------------
     def create_request(self, request: NewRequest) -> None:
@@ -145,6 +190,15 @@ class SqliteRecordStore:
                 {"at": _ts(at), "id": request_id},
             )
 
+    def mark_queued(self, request_id: str, at: datetime) -> None:
+        with self._write() as conn:
+            self._require(conn, request_id)
+            conn.execute(
+                "UPDATE requests SET status = 'queued', updated_at = :at"
+                " WHERE request_id = :id AND status = 'pending'",
+                {"at": _ts(at), "id": request_id},
+            )
+
     def finish(
         self,
         request_id: str,
@@ -154,28 +208,72 @@ class SqliteRecordStore:
         output_key: str | None = None,
         error: str | None = None,
         webhook: dict[str, Any] | None = None,
-    ) -> None:
+        owner: str | None = None,
+    ) -> bool:
         params = {"status": RequestStatus(status).value, "at": _ts(at), "id": request_id}
-        params |= {"output_key": output_key, "error": error}
+        params |= {"output_key": output_key, "error": error, "owner": owner}
         params |= {"webhook": None if webhook is None else json.dumps(webhook)}
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE requests SET status = :status, completed_at = :at, updated_at = :at,"
-                " output_key = :output_key, error = :error,"
-                " webhook = COALESCE(:webhook, webhook) WHERE request_id = :id",
-                params,
+        sql = (
+            "UPDATE requests SET status = :status, completed_at = :at, updated_at = :at,"
+            " output_key = :output_key, error = :error, webhook = COALESCE(:webhook, webhook)"
+        )
+        if owner is not None:
+            # The owner's own write wins even past expiry, as long as nobody took over.
+            sql += (
+                ", lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE request_id = :id AND {_UNFINISHED} AND lease_owner = :owner"
             )
-            if cursor.rowcount == 0:
-                raise RequestNotFound(request_id)
+        else:
+            sql += " WHERE request_id = :id"
+        with self._write() as conn:
+            if conn.execute(sql, params).rowcount:
+                return True
+            self._require(conn, request_id)
+            return False
 
-    def set_webhook_state(self, request_id: str, state: dict[str, Any]) -> None:
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE requests SET webhook = ? WHERE request_id = ?",
-                (json.dumps(state), request_id),
+    def set_webhook_state(
+        self, request_id: str, state: dict[str, Any], *, owner: str | None = None
+    ) -> bool:
+        params = {"webhook": json.dumps(state), "id": request_id, "owner": owner}
+        if owner is not None:
+            sql = (
+                "UPDATE requests SET webhook = :webhook, delivery_owner = NULL,"
+                " delivery_expires_at = NULL WHERE request_id = :id AND delivery_owner = :owner"
             )
-            if cursor.rowcount == 0:
-                raise RequestNotFound(request_id)
+        else:
+            sql = "UPDATE requests SET webhook = :webhook WHERE request_id = :id"
+        with self._write() as conn:
+            if conn.execute(sql, params).rowcount:
+                return True
+            self._require(conn, request_id)
+            return False
+
+    def claim_delivery(
+        self, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> dict[str, Any] | None:
+        now_text = _ts(now)
+        with self._write() as conn:  # read, decide, write: one IMMEDIATE transaction
+            row = conn.execute(
+                "SELECT webhook, delivery_owner, delivery_expires_at FROM requests"
+                " WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            state: dict[str, Any] = json.loads(row["webhook"])
+            if state.get("status") != "pending" or not delivery_due(
+                state.get("next_attempt_at"), now
+            ):
+                return None
+            holder, expires = row["delivery_owner"], row["delivery_expires_at"]
+            if holder not in (None, owner) and expires is not None and expires > now_text:
+                return None
+            conn.execute(
+                "UPDATE requests SET delivery_owner = ?, delivery_expires_at = ?"
+                " WHERE request_id = ?",
+                (owner, _ts(now + timedelta(seconds=lease_seconds)), request_id),
+            )
+            return state
 
     def pending_deliveries(self) -> list[tuple[str, dict[str, Any]]]:
         # Few rows and rarely asked (at start-up): json_extract needs no extra index.
@@ -190,6 +288,155 @@ class SqliteRecordStore:
             f"SELECT request_id FROM requests WHERE {_UNFINISHED} ORDER BY created_at, request_id"
         )
         return [r["request_id"] for r in rows]
+
+    # -- leases -----------------------------------------------------------------
+    def claim_request(
+        self, request_id: str, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        params = {"id": request_id, "owner": owner, "now": _ts(now)}
+        params["expires"] = _ts(now + timedelta(seconds=lease_seconds))
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE requests SET lease_owner = :owner, lease_expires_at = :expires,"
+                f" heartbeat_at = :now WHERE request_id = :id AND {_UNFINISHED}"
+                f" AND ({_REQUEST_LEASE_FREE} OR lease_owner = :owner)",
+                params,
+            )
+            if cursor.rowcount:
+                return True
+            self._require(conn, request_id)
+            return False
+
+    def renew_leases(
+        self, owner: str, request_ids: Sequence[str], now: datetime, lease_seconds: float
+    ) -> set[str]:
+        params = {"owner": owner, "now": _ts(now)}
+        params["expires"] = _ts(now + timedelta(seconds=lease_seconds))
+        held: set[str] = set()
+        ids = list(dict.fromkeys(request_ids))
+        with self._write() as conn:
+            for start in range(0, len(ids), _BATCH):
+                chunk = ids[start : start + _BATCH]
+                marks = ", ".join(f":id{n}" for n in range(len(chunk)))
+                # lease_owner = owner, expired or not: renewing never takes another's lease.
+                rows = conn.execute(
+                    "UPDATE requests SET lease_expires_at = :expires, heartbeat_at = :now"
+                    f" WHERE request_id IN ({marks}) AND lease_owner = :owner AND {_UNFINISHED}"
+                    " RETURNING request_id",
+                    params | {f"id{n}": rid for n, rid in enumerate(chunk)},
+                ).fetchall()
+                held.update(r["request_id"] for r in rows)
+        return held
+
+    def release_request(self, request_id: str, owner: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE requests SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE request_id = ? AND lease_owner = ?",
+                (request_id, owner),
+            )
+
+    def claimable_requests(self, now: datetime, limit: int = 100) -> list[str]:
+        rows = self._read(
+            f"SELECT request_id FROM requests WHERE {_UNFINISHED} AND {_REQUEST_LEASE_FREE}"
+            " ORDER BY created_at, request_id LIMIT :limit",
+            {"now": _ts(now), "limit": max(limit, 0)},
+        )
+        return [r["request_id"] for r in rows]
+
+    # -- cancel, delete, list ---------------------------------------------------
+    def request_cancel(self, request_id: str, at: datetime) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE requests SET cancel_requested_at = COALESCE(cancel_requested_at, :at),"
+                " updated_at = CASE WHEN cancel_requested_at IS NULL THEN :at ELSE updated_at END"
+                f" WHERE request_id = :id AND {_UNFINISHED}",
+                {"at": _ts(at), "id": request_id},
+            )
+            if cursor.rowcount:
+                return True
+            self._require(conn, request_id)
+            return False
+
+    def cancel_requested(self, request_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(request_ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(
+                f"SELECT request_id FROM requests WHERE request_id IN ({marks})"
+                " AND cancel_requested_at IS NOT NULL",
+                chunk,
+            )
+            found.update(r["request_id"] for r in rows)
+        return found
+
+    def cancel_pending_images(self, request_id: str) -> int:
+        with self._write() as conn:
+            self._require(conn, request_id)
+            cancelled = conn.execute(
+                "UPDATE images SET status = 'cancelled'"
+                " WHERE request_id = ? AND status = 'pending'",
+                (request_id,),
+            ).rowcount
+            if cancelled:
+                conn.execute(
+                    "UPDATE requests SET cancelled_images = cancelled_images + ?"
+                    " WHERE request_id = ?",
+                    (cancelled, request_id),
+                )
+            return cancelled
+
+    def delete_request(self, request_id: str) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                raise RequestNotFound(request_id)
+            if not RequestStatus(row["status"]).is_final:
+                return False
+            conn.execute("DELETE FROM images WHERE request_id = ?", (request_id,))
+            conn.execute("DELETE FROM requests WHERE request_id = ?", (request_id,))
+            return True
+
+    def expired_requests(self, completed_before: datetime, limit: int = 100) -> list[str]:
+        rows = self._read(
+            f"SELECT request_id FROM requests WHERE {_FINAL} AND completed_at < ?"
+            " ORDER BY completed_at, request_id LIMIT ?",
+            (_ts(completed_before), max(limit, 0)),
+        )
+        return [r["request_id"] for r in rows]
+
+    def list_requests(
+        self,
+        *,
+        owner: str | None = None,
+        statuses: Sequence[RequestStatus] = (),
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[RequestRecord], int]:
+        where, params = ["1"], {"offset": max(offset, 0), "limit": max(limit, 0)}
+        if owner is not None:
+            where.append("owner = :owner")
+            params["owner"] = owner
+        if statuses:
+            wanted = list(dict.fromkeys(RequestStatus(s).value for s in statuses))
+            where.append(f"status IN ({', '.join(f':s{n}' for n in range(len(wanted)))})")
+            params |= {f"s{n}": value for n, value in enumerate(wanted)}
+        condition = " AND ".join(where)
+        # One read transaction: the page and the total come from the same snapshot.
+        with self._snapshot() as conn:
+            page = conn.execute(
+                f"SELECT * FROM requests WHERE {condition}"
+                " ORDER BY created_at DESC, request_id DESC LIMIT :limit OFFSET :offset",
+                params,
+            ).fetchall()
+            total = conn.execute(
+                f"SELECT count(*) FROM requests WHERE {condition}", params
+            ).fetchone()[0]
+        return [_request_record(r) for r in page], total
 
     # -- images ---------------------------------------------------------------
     def add_images(self, request_id: str, items: Sequence[ImageItem]) -> int:
@@ -209,14 +456,15 @@ class SqliteRecordStore:
     def apply_results(
         self, request_id: str, results: Sequence[ImageResult], at: datetime
     ) -> Counters:
-        # Only pending images match, so a retried batch changes (and counts) nothing twice.
+        # Only pending images match, so a retried batch changes (and counts) nothing twice,
+        # and a late result never overwrites an image its request's cancel left cancelled.
         update = (
             "UPDATE images SET status = :status, output_key = :output_key, error = :error,"
             " bytes_in = :bytes_in, bytes_out = :bytes_out, width = :width, height = :height"
             " WHERE request_id = :request_id AND row = :row AND position = :position"
             " AND status = 'pending'"
         )
-        unique = _first_per_image(results)
+        unique = first_per_image(results)
         at_text = _ts(at)
         with self._write() as conn:
             # Successes and failures run apart so each rowcount says how many of that
@@ -271,9 +519,11 @@ class SqliteRecordStore:
             conn.execute(
                 "UPDATE requests SET"
                 " processed_images = (SELECT count(*) FROM images"
-                "   WHERE request_id = :id AND status != 'pending'),"
+                "   WHERE request_id = :id AND status IN ('done', 'failed')),"
                 " failed_images = (SELECT count(*) FROM images"
-                "   WHERE request_id = :id AND status = 'failed')"
+                "   WHERE request_id = :id AND status = 'failed'),"
+                " cancelled_images = (SELECT count(*) FROM images"
+                "   WHERE request_id = :id AND status = 'cancelled')"
                 " WHERE request_id = :id",
                 {"id": request_id},
             )
@@ -323,7 +573,7 @@ class SqliteRecordStore:
                 ]
         return conn
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with _wrap_errors():
             conn = self._conn()
             with self._local.busy:
@@ -331,10 +581,21 @@ class SqliteRecordStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Several reads that see one state of the file (a deferred read transaction)."""
+        with self._transaction("BEGIN") as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         with _wrap_errors():
             conn = self._conn()
             with self._local.busy:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(begin)
                 try:
                     yield conn
                     conn.commit()
@@ -353,27 +614,32 @@ class SqliteRecordStore:
     @staticmethod
     def _counters(conn: sqlite3.Connection, request_id: str) -> Counters:
         row = conn.execute(
-            "SELECT processed_images, failed_images FROM requests WHERE request_id = ?",
+            "SELECT processed_images, failed_images, cancelled_images FROM requests"
+            " WHERE request_id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             raise RequestNotFound(request_id)
-        return Counters(row["processed_images"], row["failed_images"])
+        return Counters(row["processed_images"], row["failed_images"], row["cancelled_images"])
 
 
-# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an older
-# records.db as it was, so they are added here (NULL in the rows it already has).
-_ADDED_REQUEST_COLUMNS = (("owner", "TEXT"),)
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a new or older file to the current schema, in one transaction.
 
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    # IMMEDIATE: two processes opening an old file at once must not both add a column.
+    IMMEDIATE: two processes opening an old file at once must not both add a column.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
+        for table in _TABLES:
+            conn.execute(table)
         present = {row["name"] for row in conn.execute("PRAGMA table_info(requests)")}
         for name, declaration in _ADDED_REQUEST_COLUMNS:
             if name not in present:
                 conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
+        for name in _DROPPED_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        for index in _INDEXES:
+            conn.execute(index)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -386,11 +652,6 @@ def _wrap_errors() -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise RecordStoreError(f"SQLite record store failed: {exc}") from exc
-
-
-def _first_per_image(results: Sequence[ImageResult]) -> list[ImageResult]:
-    """Keep the first result of each image, so a batch with duplicates counts once."""
-    return list({(r.row, r.position): r for r in reversed(results)}.values())
 
 
 def _result_params(request_id: str, result: ImageResult) -> dict[str, Any]:
@@ -440,6 +701,11 @@ def _request_record(row: sqlite3.Row) -> RequestRecord:
         error=row["error"],
         webhook=json.loads(row["webhook"]),
         owner=row["owner"],
+        cancelled_images=row["cancelled_images"],
+        cancel_requested_at=_dt_or_none(row["cancel_requested_at"]),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_dt_or_none(row["lease_expires_at"]),
+        heartbeat_at=_dt_or_none(row["heartbeat_at"]),
     )
 
 

@@ -22,11 +22,17 @@ GOOD_CSV = (
 
 
 class RecordingRunner:
+    """The driver as the API sees it: records what it was asked to do, does nothing."""
+
     def __init__(self):
         self.submitted: list[str] = []
+        self.cancelled: list[str] = []
 
     def submit(self, request_id: str) -> None:
         self.submitted.append(request_id)
+
+    def cancel(self, request_id: str) -> None:
+        self.cancelled.append(request_id)
 
 
 class FakeMonotonic:

@@ -20,12 +20,12 @@ def test_upload_accepts_and_submits(client, store, storage, runner, path):
     assert body == {
         "request_id": rid,
         "status": "pending",
-        "status_url": f"http://api.test/api/v1/status/{rid}",
+        "status_url": f"http://api.test/api/v1/requests/{rid}",
         "output_csv_url": f"http://api.test/api/v1/output/{rid}.csv",
         "total_products": 2,
         "total_images": 3,
     }
-    assert response.headers["location"] == f"/api/v1/status/{rid}"
+    assert response.headers["location"] == f"/api/v1/requests/{rid}"
     assert runner.submitted == [rid]
     record = store.get_request(rid)
     assert record.status is RequestStatus.PENDING

@@ -29,6 +29,15 @@ def test_document_is_valid_openapi():
     validate(openapi.document("http://api.test"))
 
 
+def test_every_status_is_documented():
+    schemas = openapi.document()["components"]["schemas"]
+    assert schemas["Status"]["properties"]["status"]["enum"] == [s.value for s in RequestStatus]
+    assert {"queued", "cancelled"} <= set(schemas["Status"]["properties"]["status"]["enum"])
+    assert "cancelled" in schemas["Image"]["properties"]["status"]["enum"]
+    for field in ("cancelled_images", "cancel_requested_at", "cancel_url"):
+        assert field in schemas["Status"]["properties"], field
+
+
 def test_every_route_is_documented(settings, store, storage, runner):
     app = create_app(settings, store, storage, runner)
     routes = {
@@ -50,6 +59,10 @@ def test_served_and_rendered(client):
     page = client.simulate_get("/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/api/v1/status/{request_id}" in page.text and "Output Image Urls" in page.text
+    for route in ("/api/v1/requests", "/api/v1/requests/{request_id}/cancel"):
+        assert f"<code class=''>{route}</code>" in page.text
+    assert "<span class='method delete'>delete</span>" in page.text
+    assert "ends `cancelled` shortly" in page.text  # what a cancel promises, in words
     home = client.simulate_get("/")
     assert home.status_code == 200 and 'id="upload"' in home.text
 
@@ -99,11 +112,35 @@ def test_known_requests_fit_the_document(live_app):
         (ops["/api/v1/output/{request_id}.csv"], {"request_id": r}, {}) for r in known.values()
     ]
     cases.append((ops["/media/{key}"], {"key": known["media"]}, {}))
+    cases += [
+        (ops["/api/v1/requests"], {}, query)
+        for query in ({}, {"status": ["pending", "completed_with_errors"]}, {"per_page": 1})
+    ]
     statuses = []
     for op, path_parameters, query in cases:
         case = op.Case(path_parameters=path_parameters, query=query)
         statuses.append(case.call_and_validate(checks=CHECKS).status_code)
-    assert statuses.count(200) >= 18 and 409 in statuses and 404 in statuses
+    assert statuses.count(200) >= 21 and 409 in statuses and 404 in statuses
+
+    # Cancel and delete, in an order that leaves each step something to act on.
+    changes = {
+        (op.ok().path, op.ok().method): op.ok()
+        for op in schema.get_all_operations()
+        if op.ok().method in ("post", "delete")
+    }
+    cancel = changes["/api/v1/requests/{request_id}/cancel", "post"]
+    delete = changes["/api/v1/requests/{request_id}", "delete"]
+    steps = [
+        (cancel, known["pending"], 202),
+        (cancel, known["final"], 409),
+        (delete, known["pending"], 409),
+        (delete, known["final"], 204),
+        (delete, known["final"], 404),
+        (cancel, known["final"], 404),
+    ]
+    for op, rid, expected in steps:
+        case = op.Case(path_parameters={"request_id": rid})
+        assert case.call_and_validate(checks=CHECKS).status_code == expected, (op.path, rid)
 
 
 def test_live_app_honours_its_document(live_app):

@@ -10,7 +10,7 @@ import pytest
 from api.auth import owner_id
 from api.limits import TokenBuckets
 from pipeline.errors import ConfigError
-from pipeline.models import NewRequest
+from pipeline.models import NewRequest, RequestStatus
 from pipeline.settings import Settings
 from tests.api.support import GOOD_CSV, T0, FakeMonotonic, make_client, upload
 
@@ -214,3 +214,51 @@ def test_keyed_media_is_not_cached_for_everyone(keyed, storage):
     media = keyed.simulate_get(path, headers={"Authorization": f"bearer {KEY_A}"})
     assert media.status_code == 200
     assert "private" in media.headers["cache-control"]
+
+
+def test_a_key_lists_only_its_own_requests(keyed, store):
+    mine = [
+        upload(keyed, GOOD_CSV, headers={"X-API-Key": KEY_A}).json["request_id"] for _ in range(2)
+    ]
+    theirs = upload(keyed, GOOD_CSV, headers={"X-API-Key": KEY_B}).json["request_id"]
+    store.create_request(  # made before keys were turned on: nobody's
+        NewRequest(request_id="e" * 32, created_at=T0, total_rows=1, total_images=1)
+    )
+    listed = keyed.simulate_get("/api/v1/requests", headers={"X-API-Key": KEY_A}).json
+    assert sorted(r["request_id"] for r in listed["requests"]) == sorted(mine)
+    assert listed["page"]["total"] == 2
+    other = keyed.simulate_get("/api/v1/requests", headers={"Authorization": f"Bearer {KEY_B}"})
+    assert [r["request_id"] for r in other.json["requests"]] == [theirs]
+    assert keyed.simulate_get("/api/v1/requests").status_code == 401
+
+
+def test_another_keys_request_cannot_be_cancelled_or_deleted(keyed, store, settings, runner):
+    rid = upload(keyed, GOOD_CSV, headers={"X-API-Key": KEY_A}).json["request_id"]
+    cancel = keyed.simulate_post(f"/api/v1/requests/{rid}/cancel", headers={"X-API-Key": KEY_B})
+    assert cancel.status_code == 404 and cancel.json["title"] == "Request not found"
+    assert runner.cancelled == []
+    assert store.get_request(rid).cancel_requested_at is None
+
+    store.finish(rid, RequestStatus.COMPLETED, T0)
+    delete = keyed.simulate_delete(f"/api/v1/requests/{rid}", headers={"X-API-Key": KEY_B})
+    assert delete.status_code == 404
+    assert store.get_request(rid) is not None
+    assert (settings.data_dir / "objects" / "requests" / rid / "input.csv").is_file()
+    assert keyed.simulate_post(f"/api/v1/requests/{rid}/cancel").status_code == 401
+    assert keyed.simulate_delete(f"/api/v1/requests/{rid}").status_code == 401
+
+    # Its owner may.
+    assert (
+        keyed.simulate_delete(f"/api/v1/requests/{rid}", headers={"X-API-Key": KEY_A}).status_code
+        == 204
+    )
+    assert store.get_request(rid) is None
+
+
+def test_the_owner_can_cancel_its_request(keyed, store, runner):
+    rid = upload(keyed, GOOD_CSV, headers={"X-API-Key": KEY_A}).json["request_id"]
+    response = keyed.simulate_post(
+        f"/api/v1/requests/{rid}/cancel", headers={"Authorization": f"Bearer {KEY_A}"}
+    )
+    assert response.status_code == 202 and response.json["cancel_requested_at"]
+    assert runner.cancelled == [rid]

@@ -49,6 +49,9 @@ class Service:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # Its own process group (with its LocalCluster's workers), which a test
+            # can kill whole, as a machine or container going away would.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,6 +87,13 @@ class Service:
         self.process.wait(30)
         self._log.close()
 
+    def kill_group(self) -> None:
+        """SIGKILL the API process and every process it started (its Dask workers)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+        self._log.close()
+
     def restart(self, timeout: float = 120.0) -> Service:
         """Start again on the same port and data directory, as a supervisor would."""
         assert self.process is not None and self.process.poll() is not None
@@ -116,7 +126,7 @@ class Service:
         while time.monotonic() < deadline:
             status = self.get_json(path + request_id)
             seen.append(status)
-            if status["status"] in ("completed", "completed_with_errors", "failed"):
+            if status["status"] in ("completed", "completed_with_errors", "failed", "cancelled"):
                 return status, seen
             time.sleep(0.2)
         raise AssertionError(

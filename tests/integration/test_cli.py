@@ -6,27 +6,36 @@ import csv
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from pipeline import cli
+from pipeline.models import FINAL_STATUSES
+from pipeline.records import SqliteRecordStore
+from pipeline.settings import Settings
 from tests import imagefactory as images
 from tests.integration.service import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-def run_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {
+def cli_env(tmp_path, **extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATA_DIR": str(tmp_path / "data"),
         "ALLOW_PRIVATE_NETWORKS": "1",
         "DASK_WORKERS": "1",
         "DASK_DASHBOARD_ADDRESS": "",
+        **extra,
     }
+
+
+def run_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "run", *args],
         cwd=ROOT,
-        env=env,
+        env=cli_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=180,
@@ -77,3 +86,60 @@ def test_bad_input_exit_codes(tmp_path, content, args, code, needle):
     result = run_cli(tmp_path, str(source), "--no-progress", *args)
     assert result.returncode == code, (result.stdout, result.stderr)
     assert needle in result.stderr
+
+
+def test_every_final_status_has_its_documented_exit_code():
+    assert set(cli.EXIT) == FINAL_STATUSES
+    assert len(set(cli.EXIT.values())) == len(cli.EXIT)  # a script can tell them apart
+    for status, code in cli.EXIT.items():
+        assert f"  {code}  " in cli.__doc__, status
+    assert "  5  the request was cancelled" in cli.__doc__
+
+
+def test_a_run_cancelled_elsewhere_exits_5(tmp_path, image_server):
+    # Slow images, one per batch: the run is far from done when the cancel arrives.
+    urls = [
+        image_server.add(f"/{n}.jpg", images.jpeg_rgb(), content_type="image/jpeg", delay=1.0)
+        for n in range(12)
+    ]
+    source = tmp_path / "products.csv"
+    source.write_text(
+        "S. No.,Product Name,Input Image Urls\n"
+        + "".join(f"{n},Lamp {n},{url}\n" for n, url in enumerate(urls))
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(source), "--no-progress"],
+        cwd=ROOT,
+        env=cli_env(tmp_path, BATCH_SIZE="1", DASK_THREADS_PER_WORKER="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        cancelled = cancel_once_recorded(Settings(data_dir=tmp_path / "data"), run)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert cancelled, (run.returncode, stdout, stderr)
+    assert run.returncode == 5, (stdout, stderr)
+    assert "the request was cancelled" in stderr
+    assert stdout.startswith("cancelled: ") and " cancelled" in stdout.split(";")[0]
+    assert sum(image_server.hits.values()) < len(urls)  # nothing new started
+
+
+def cancel_once_recorded(settings: Settings, run: subprocess.Popen) -> bool:
+    """What another process sharing the records (the API, say) does to cancel the run."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if settings.sqlite_path.exists():
+            store = SqliteRecordStore(settings.sqlite_path)
+            try:
+                records, _ = store.list_requests(limit=1)
+                if records:
+                    return store.request_cancel(records[0].request_id, records[0].created_at)
+            finally:
+                store.close()
+        time.sleep(0.2)
+    return False

@@ -75,7 +75,7 @@ def test_upload_to_webhook_end_to_end(service, catalogue, image_server, webhook_
     request_id = accepted["request_id"]
     assert accepted["status"] == "pending"
     assert accepted["total_images"] == 9
-    assert accepted["status_url"].endswith(f"/api/v1/status/{request_id}")
+    assert accepted["status_url"].endswith(f"/api/v1/requests/{request_id}")
 
     # Step 3: poll to the end; progress only moves forward.
     final, seen = service.wait_final(request_id)
@@ -88,7 +88,10 @@ def test_upload_to_webhook_end_to_end(service, catalogue, image_server, webhook_
     )
     progress = [s["progress"] for s in seen]
     assert progress == sorted(progress)
-    assert {s["status"] for s in seen} <= {"pending", "processing", "completed_with_errors"}
+    # The statuses seen follow the lifecycle, never back: pending -> queued -> processing -> final.
+    lifecycle = ["pending", "queued", "processing", "completed_with_errors"]
+    order = [lifecycle.index(s["status"]) for s in seen]
+    assert order == sorted(order)
 
     # Per-product results, paged.
     page1 = service.get_json(f"/api/v1/status/{request_id}?page=1&per_page=3")

@@ -106,3 +106,44 @@ def test_bad_csv_shows_a_clear_message(browser, service, tmp_path):
     message = browser.find_element(By.ID, "message")
     assert "error" in message.get_attribute("class")
     assert "Invalid CSV" in message.text and "Input Image Urls" in message.text
+
+
+PAGE_KEY = "page-test-key-0123456789"
+
+
+@pytest.fixture
+def slow_service(tmp_path):
+    """One image per batch on one thread, behind an API key: a run slow enough to cancel."""
+    svc = Service(
+        tmp_path / "data", API_KEYS=PAGE_KEY, BATCH_SIZE="1", DASK_THREADS_PER_WORKER="1"
+    ).start()
+    yield svc
+    svc.stop()
+
+
+def test_cancel_an_unfinished_request(browser, slow_service, image_server, tmp_path):
+    urls = [
+        image_server.add(f"/{n}.jpg", images.jpeg_rgb(), content_type="image/jpeg", delay=2.0)
+        for n in range(10)
+    ]
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_text(
+        "S. No.,Product Name,Input Image Urls\n"
+        + "".join(f"{n},Lamp {n},{url}\n" for n, url in enumerate(urls))
+    )
+    browser.get(slow_service.base_url + "/")
+    browser.find_element(By.ID, "key").send_keys(PAGE_KEY)
+    browser.find_element(By.ID, "file").send_keys(str(csv_path))
+    browser.find_element(By.ID, "submit").click()
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+    cancel = wait.until(ec.element_to_be_clickable((By.ID, "cancel")))
+    assert browser.find_element(By.ID, "status").text in ("pending", "queued", "processing")
+    cancel.click()  # sent with the key: without it the service would answer 401
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "cancelled"))
+    assert not browser.find_element(By.ID, "cancel").is_enabled()
+    assert "Cancelled" in browser.find_element(By.ID, "message").text
+    cancelled = int(browser.find_element(By.ID, "cancelled").text)
+    done = int(browser.find_element(By.ID, "done").text)
+    assert cancelled >= 1 and done + cancelled == len(urls)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#thumbs img")) == done
+    assert sum(image_server.hits.values()) < len(urls)  # nothing new started

@@ -46,13 +46,12 @@ def services(tmp_path, dask_client, webhook_receiver):
         batch_size=2,
         webhook_url=webhook_receiver.url,
     )
+    # The module's Dask client is given, so close() leaves it open for the next test.
     services = build_services(settings, client=dask_client)
+    services.driver.start()
+    services.deliveries.start()
     yield services
-    # What Services.close() does, minus closing the module's shared Dask client:
-    # nothing may still write to the store when it closes.
-    services.runner.stop()
-    services.deliveries.stop()
-    services.store.close()
+    services.close()
 
 
 def new_request(services, csv: bytes, rid: str) -> str:
@@ -92,8 +91,10 @@ def test_resume_redoes_only_images_without_a_result(services, image_server, webh
         datetime.now(UTC),
     )
 
-    assert services.runner.resume_unfinished() == [rid]
-    assert services.runner.wait(rid, timeout=120)
+    # What a process's sweep does with a request nobody holds.
+    services.sweeper.take_over()
+    assert services.driver.driving() == [rid]
+    assert services.driver.wait(rid, timeout=120)
 
     record = store.get_request(rid)
     assert record.status is RequestStatus.COMPLETED_WITH_ERRORS
@@ -111,8 +112,8 @@ def test_whole_request_failure_is_recorded_and_notified(services, webhook_receiv
         NewRequest(request_id=rid, created_at=datetime.now(UTC), total_rows=1, total_images=1)
     )
     # The input CSV is missing from storage: the stage task cannot run.
-    services.runner.submit(rid)
-    assert services.runner.wait(rid, timeout=60)
+    services.driver.submit(rid)
+    assert services.driver.wait(rid, timeout=60)
     record = services.store.get_request(rid)
     assert record.status is RequestStatus.FAILED
     assert "FileNotFoundError" in record.error
@@ -122,10 +123,12 @@ def test_whole_request_failure_is_recorded_and_notified(services, webhook_receiv
 
 def test_finished_request_is_not_run_again(services, image_server, webhook_receiver):
     rid = new_request(services, catalogue_csv(image_server, 1), "d" * 32)
-    services.runner.submit(rid)
-    assert services.runner.wait(rid, timeout=120)
+    services.driver.submit(rid)
+    assert services.driver.wait(rid, timeout=120)
     assert services.store.get_request(rid).status is RequestStatus.COMPLETED
-    services.runner.run(rid)
+    assert services.driver.submit(rid) is False  # final: nothing to claim
+    services.sweeper.take_over()
+    assert services.driver.wait(rid, timeout=10)
     assert image_server.hits["/0/a.jpg"] == 1
     assert len(webhook_receiver.wait_for(1)) == 1
 
@@ -141,8 +144,8 @@ def test_webhook_owed_by_a_finished_request_survives_the_process(
     services.deliveries.stop()
     monkeypatch.setattr(services.store, "set_webhook_state", died)
     rid = new_request(services, catalogue_csv(image_server, 1), "e" * 32)
-    services.runner.submit(rid)
-    assert services.runner.wait(rid, timeout=120)
+    services.driver.submit(rid)
+    assert services.driver.wait(rid, timeout=120)
     record = services.store.get_request(rid)
     assert record.status is RequestStatus.COMPLETED and not webhook_receiver.deliveries
     monkeypatch.undo()

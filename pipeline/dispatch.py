@@ -1,0 +1,94 @@
+"""Which batches go to the cluster next: pure decisions, no Dask, no I/O.
+
+The driver keeps at most `window` batches in flight for all the requests it
+owns, so a 1M-image request never puts 30,000 tasks on the scheduler, and a
+request that arrives later is not stuck behind the whole of an earlier one.
+Free slots go round-robin: each to the request with the fewest batches in
+flight, ties to the one that has had the fewest so far, then to the oldest.
+A request alone gets the whole window; two requests share it evenly; a new
+1-image request gets the very next free slot.
+
+Dask priorities carry the same fairness to the scheduler's queue (and to a
+cluster shared by several API processes): a request's n-th batch runs at
+priority -n, so a new request's first batch runs before an old request's
+hundredth, while each request's own batches keep their order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Staging is one small task per request that every later step waits on: it
+# goes ahead of any batch.
+STAGE_PRIORITY = 1_000_000
+
+
+@dataclass
+class RequestBatches:
+    """One request's batches as the dispatcher sees them."""
+
+    request_id: str
+    arrival: int  # order in which the driver took the request
+    pending: deque[int] = field(default_factory=deque)  # batch numbers not yet submitted
+    in_flight: int = 0
+    submitted: int = 0  # batches submitted so far (sets the next one's priority)
+    lost: dict[int, int] = field(default_factory=dict)  # batch -> times the scheduler lost it
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to submit and nothing running: the request can be completed."""
+        return not self.pending and self.in_flight == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    request_id: str
+    batch: int
+    priority: int
+
+
+def batch_priority(submitted_before: int) -> int:
+    return -submitted_before
+
+
+def plan(requests: Sequence[RequestBatches], window: int) -> list[Submission]:
+    """The batches to submit now, given the window.
+
+    Pure apart from moving the chosen batches from `pending` to `in_flight`
+    on the objects passed in (the dispatcher's own state).
+    """
+    candidates = [r for r in requests if r.pending]
+    free = window - sum(r.in_flight for r in requests)
+    chosen: list[Submission] = []
+    while free > 0 and candidates:
+        best = min(candidates, key=lambda r: (r.in_flight, r.submitted, r.arrival))
+        batch = best.pending.popleft()
+        chosen.append(Submission(best.request_id, batch, batch_priority(best.submitted)))
+        best.in_flight += 1
+        best.submitted += 1
+        free -= 1
+        if not best.pending:
+            candidates.remove(best)
+    return chosen
+
+
+def window_size(total_threads: int, configured: int = 0) -> int:
+    """Batches in flight for the whole driver.
+
+    Twice the cluster's threads by default: every thread has a batch running
+    and one waiting, so none idles between batches, yet a newcomer waits for
+    at most about one batch to finish before its own starts.
+    """
+    if configured > 0:
+        return configured
+    return max(2, 2 * total_threads)
+
+
+def requeue_lost(request: RequestBatches, batch: int) -> int:
+    """A batch the scheduler lost goes back to the front; returns how often it was lost."""
+    request.in_flight -= 1
+    request.lost[batch] = request.lost.get(batch, 0) + 1
+    request.pending.appendleft(batch)
+    return request.lost[batch]

@@ -1,0 +1,27 @@
+"""The public links of a request, built in one place from API_BASE_URL.
+
+Every process behind a load balancer must give the same links (they go into
+webhook bodies and stored events), so they come from the configured base
+URL, never from the address a process happens to listen on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    base_url: str  # e.g. https://images.example.com, no trailing slash
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+    def status(self, request_id: str) -> str:
+        return f"{self.base_url}/api/v1/requests/{request_id}"
+
+    def cancel(self, request_id: str) -> str:
+        return f"{self.status(request_id)}/cancel"
+
+    def output_csv(self, request_id: str) -> str:
+        return f"{self.base_url}/api/v1/output/{request_id}.csv"
