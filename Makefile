@@ -78,8 +78,9 @@ test-mongo: $(VENV)/.installed-test
 	if [ -z "$$uri" ]; then echo "set MONGODB_URI to a real mongod (or MONGO_COMPOSE=1)"; exit 2; fi; \
 	MONGODB_URI="$$uri" $(BIN)/python -m pytest $(MONGO_TESTS) -k '$(MONGO_SELECT)' $(PYTEST_ARGS)
 
-# Throughput, latency and memory against the compute floor (issue 7); not a test.
-# BENCH_ARGS="--sizes 1000" for a quick run. Results: bench-results/bench-*.json
+# Throughput against the compute floor (issue 7) and fair sharing between
+# requests (issue 11); not a test. Quick runs: BENCH_ARGS="--legs throughput --sizes 1000"
+# or BENCH_ARGS="--legs fairness --fairness-big 3000". Results: bench-results/bench-*.json
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed

@@ -206,7 +206,10 @@ class Driver:
                 return
             self.store.mark_queued(request_id, self.clock())
             spec = self.job_spec(request_id)
-            info = self._stage(request_id, spec)
+            batch_size = dispatch.batch_size_for(
+                record.total_images, self.connection.total_threads(), self.batch_size
+            )
+            info = self._stage(request_id, spec, batch_size)
             layout = manifest.Layout(info.batch_size)
             for chunk in manifest.iter_items(self.storage, info.key):
                 self.store.add_images(request_id, chunk)
@@ -218,13 +221,16 @@ class Driver:
         except Exception as exc:
             self._failed(request_id, exc)
 
-    def _stage(self, request_id: str, spec: tasks.JobSpec) -> manifest.ManifestInfo:
+    def _stage(
+        self, request_id: str, spec: tasks.JobSpec, batch_size: int
+    ) -> manifest.ManifestInfo:
+        """The manifest, staged on a worker (or as staged before, with its batch size)."""
         for _ in range(SCHEDULER_ROUNDS):
             self.connection.await_running(f"request {request_id}")
             stage = self.connection.client.submit(
                 tasks.stage_manifest,
                 spec,
-                self.batch_size,
+                batch_size,
                 self.limits,
                 key=f"stage-manifest-{request_id}",
                 retries=2,
@@ -246,6 +252,10 @@ class Driver:
         self, request_id: str, layout: manifest.Layout
     ) -> tuple[list[int], set[int]]:
         """Batches with images still pending, and which of them are only partly pending."""
+        counters = self.store.recount(request_id)
+        if counters.processed_images == 0 and counters.cancelled_images == 0:
+            # A new request: every batch, whole, without listing a million images.
+            return list(range(-(-layout.images // layout.batch_size))), set()
         counts: dict[int, int] = {}
         for row, position in self.store.pending_images(request_id):
             batch = layout.batch(row, position)

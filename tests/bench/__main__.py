@@ -1,10 +1,19 @@
-"""Run the benchmark: `make bench` or `python -m tests.bench --sizes 1000,10000,100000`.
+"""Run the benchmark: `make bench`, or `python -m tests.bench` with the legs and sizes wanted.
 
-For each size N: start the real service (waitress + LocalCluster, embedded
-defaults), upload a CSV of N image URLs served from a loopback host with
-injected latency, poll status with concurrent clients, wait for the webhook.
-In the same run, measure the compute floor on the same images. Prints a table
-and writes JSON.
+    python -m tests.bench                                  both legs, full sizes
+    python -m tests.bench --legs throughput --sizes 1000   a quick throughput run
+    python -m tests.bench --legs fairness --fairness-big 3000   a quick fairness run
+
+throughput (issue 7): for each size N, start the real service (waitress +
+LocalCluster, embedded defaults), upload a CSV of N image URLs served from a
+loopback host with injected latency, poll status with concurrent clients,
+wait for the webhook. In the same run, measure the compute floor on the same
+images.
+
+fairness (issue 11, fairness.py): small requests uploaded while a big one
+runs, against each one alone on the same service.
+
+Prints tables and the targets judged, and writes JSON.
 """
 
 from __future__ import annotations
@@ -23,28 +32,12 @@ from pathlib import Path
 import psutil
 import urllib3
 
-from tests.bench import corpus, floor
+from tests.bench import corpus, fairness, floor
 from tests.bench.imagehost import ImageHost
 from tests.integration.service import Service
 from tests.servers import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def build_csv(host: ImageHost, images: list[corpus.CorpusImage], n: int) -> tuple[bytes, float]:
-    """N image URLs over products of 1-4 images; returns the CSV and its total megapixels."""
-    lines, i, row, megapixels = ["S. No.,Product Name,Input Image Urls"], 0, 0, 0.0
-    while i < n:
-        count = min(1 + row % 4, n - i)
-        urls = []
-        for j in range(i, i + count):
-            image = images[j % len(images)]
-            urls.append(host.url(j, image.name))
-            megapixels += image.megapixels
-        row += 1
-        lines.append(f'{row},Product {row},"{",".join(urls)}"')
-        i += count
-    return ("\n".join(lines) + "\n").encode(), megapixels
 
 
 class RssMonitor(threading.Thread):
@@ -133,6 +126,14 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def service_env(args) -> dict[str, str]:
+    """The service's settings under test, the same for every leg."""
+    env = {"DASK_WORKERS": str(args.workers), "DASK_THREADS_PER_WORKER": str(args.threads)}
+    if args.batch_size:
+        env["BATCH_SIZE"] = str(args.batch_size)
+    return env
+
+
 def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
     sample = [im.data for im in images] * 2
     # The floor drifts with the machine (other tenants, clocks): it is measured
@@ -143,20 +144,14 @@ def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
     repeats = args.repeats or max(1, min(3, 3000 // n))
 
     receiver = WebhookReceiver().start()
-    service = Service(
-        workdir / f"data-{n}",
-        WEBHOOK_URL=receiver.url,
-        DASK_WORKERS=str(args.workers),
-        DASK_THREADS_PER_WORKER=str(args.threads),
-        **({"BATCH_SIZE": str(args.batch_size)} if args.batch_size else {}),
-    ).start()
+    service = Service(workdir / f"data-{n}", WEBHOOK_URL=receiver.url, **service_env(args)).start()
     monitor = RssMonitor(service.process.pid)
     monitor.start()
     host_process, harness = psutil.Process(host.process.pid), psutil.Process()
     time.sleep(1.0)  # one sample of the idle service, so start-up CPU is not counted
     cpu_at_start = dict(monitor.cpu)
     host_at_start, harness_at_start = cpu_seconds(host_process), cpu_seconds(harness)
-    csv, megapixels = build_csv(host, images, n)
+    csv, megapixels = corpus.build_csv(host, images, n)
     try:
         runs = [run_request(service, receiver, csv, n, args) for _ in range(repeats)]
         cpu = {k: v - cpu_at_start.get(k, 0.0) for k, v in monitor.cpu.items()}
@@ -249,7 +244,8 @@ def verdicts(results: list[dict]) -> list[tuple[str, bool | None, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--legs", default="throughput,fairness", help="throughput, fairness")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="throughput leg's requests")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per image request")
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--poll-interval", type=float, default=1.0)
@@ -259,34 +255,53 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=0, help="requests per size (0: 3 up to 1k, then 1)"
     )
+    parser.add_argument("--fairness-big", type=int, default=20000, help="images of the big request")
+    parser.add_argument(
+        "--fairness-small", type=int, default=5, help="1-image requests during the big one"
+    )
+    parser.add_argument(
+        "--fairness-medium", type=int, default=2, help="100-image requests during the big one"
+    )
     parser.add_argument("--corpus", type=int, default=120, help="distinct images")
     parser.add_argument("--timeout", type=float, default=7200)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
+    legs = set(args.legs.split(","))
+    if not legs or legs - {"throughput", "fairness"}:
+        parser.error(f"--legs: throughput, fairness or both, not {args.legs!r}")
 
     images = corpus.load_or_build(args.out / "corpus", args.corpus)
-    results = []
+    results, fair = [], None
     with tempfile.TemporaryDirectory() as tmp, ImageHost(args.out / "corpus", args.latency) as host:
-        for n in (int(s) for s in args.sizes.split(",")):
-            result = run_size(n, args, images, host, Path(tmp))
-            results.append(result)
-            print(json.dumps(result), flush=True)
+        if "throughput" in legs:
+            for n in (int(s) for s in args.sizes.split(",")):
+                result = run_size(n, args, images, host, Path(tmp))
+                results.append(result)
+                print(json.dumps(result), flush=True)
+        if "fairness" in legs:
+            fair = fairness.run(args, service_env(args), images, host, Path(tmp))
+            print(json.dumps(fair), flush=True)
+    # Only the legs that ran are judged (a leg left out is not a target missed).
+    targets = (verdicts(results) if results else []) + (fairness.verdicts(fair) if fair else [])
     report = {
         "when": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {k: str(v) for k, v in vars(args).items()},
         "results": results,
-        "targets": [
-            {"target": t, "met": met, "figure": figure} for t, met, figure in verdicts(results)
-        ],
+        "fairness": fair,
+        "targets": [{"target": t, "met": met, "figure": figure} for t, met, figure in targets],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(report, indent=2))
-    print_table(results)
+    if results:
+        print_table(results)
+    if fair:
+        fairness.print_table(fair)
     print()
-    for target, met, figure in verdicts(results):
-        mark = {True: "met", False: "NOT MET", None: "not measured"}[met]
+    for target, met, figure in targets:
+        # None: the size was not in this run, or the run's noise leaves it open
+        mark = {True: "met", False: "NOT MET", None: "not judged"}[met]
         print(f"{mark:>12}  {target}  {figure}")
     print(f"\nwritten {path}")
 

@@ -3,7 +3,7 @@
 Sources are the sample photos bundled in the scikit-image wheel. Each corpus
 image is a mosaic of random crops of them (so detail stays photographic at
 4 MP instead of upscaled blur), 0.25 to 4 megapixels, mostly JPEG, some PNG,
-some greyscale.
+some greyscale. `build_csv` writes the CSVs of their URLs that the legs upload.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from tests.bench.imagehost import ImageHost
 
 COLOUR = [
     "astronaut.png",
@@ -102,3 +104,19 @@ def load_or_build(cache: Path, count: int = 120) -> list[CorpusImage]:
         ctype = "image/png" if path.suffix == ".png" else "image/jpeg"
         out.append(CorpusImage(path.name, path.read_bytes(), megapixels, ctype))
     return out[:count]
+
+
+def build_csv(host: ImageHost, images: list[CorpusImage], n: int) -> tuple[bytes, float]:
+    """N image URLs over products of 1-4 images; returns the CSV and its total megapixels."""
+    lines, i, row, megapixels = ["S. No.,Product Name,Input Image Urls"], 0, 0, 0.0
+    while i < n:
+        count = min(1 + row % 4, n - i)
+        urls = []
+        for j in range(i, i + count):
+            image = images[j % len(images)]
+            urls.append(host.url(j, image.name))
+            megapixels += image.megapixels
+        row += 1
+        lines.append(f'{row},Product {row},"{",".join(urls)}"')
+        i += count
+    return ("\n".join(lines) + "\n").encode(), megapixels

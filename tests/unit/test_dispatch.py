@@ -36,6 +36,33 @@ def test_a_request_that_arrives_later_gets_the_next_free_slot():
     assert chosen(plan([big, small], window=8)) == [("big", 8)]
 
 
+def test_a_newcomer_gets_its_fair_share_at_once_even_when_the_window_is_full():
+    big = request("big", 1, 1000)
+    plan([big], window=8)
+    medium = request("medium", 2, 10)
+    # Half the window is its share with two requests: it need not wait for big's
+    # batches to drain (its batches have the higher priority, so they run next).
+    assert chosen(plan([big, medium], window=8)) == [("medium", n) for n in range(4)]
+    assert plan([big, medium], window=8) == []
+    big.in_flight -= 3  # 5 + 4: still over the window, and medium has its share
+    assert plan([big, medium], window=8) == []
+    big.in_flight -= 2  # 3 + 4: one free slot, to the one with fewer in flight
+    assert chosen(plan([big, medium], window=8)) == [("big", 8)]
+    medium.in_flight -= 2  # 4 + 2
+    assert chosen(plan([big, medium], window=8)) == [("medium", 4), ("medium", 5)]
+
+
+def test_in_flight_never_exceeds_twice_the_window():
+    requests = [request("big", 0, 1000)]
+    plan(requests, window=8)
+    for n in range(1, 40):  # newcomers keep arriving while nothing finishes
+        requests.append(request(f"r{n}", n, 5))
+        plan(requests, window=8)
+        assert sum(r.in_flight for r in requests) <= 16
+    # With more requests than slots, a request waits for its turn.
+    assert sum(r.in_flight == 0 for r in requests) > 0
+
+
 def test_free_slots_are_shared_round_robin():
     a, b, c = request("a", 1, 100), request("b", 2, 100), request("c", 3, 100)
     assert chosen(plan([a, b, c], window=6)) == [
@@ -79,6 +106,13 @@ def test_idle_means_nothing_to_submit_and_nothing_running():
     assert not r.idle
     r.in_flight = 0
     assert r.idle
+
+
+def test_small_requests_are_cut_finer_to_spread_over_the_threads():
+    assert dispatch.batch_size_for(100, threads=4, largest=32) == 13  # 8 batches, 2 a thread
+    assert dispatch.batch_size_for(1, threads=4, largest=32) == 4
+    assert dispatch.batch_size_for(20_000, threads=4, largest=32) == 32
+    assert dispatch.batch_size_for(100, threads=0, largest=32) == 32  # cluster size unknown
 
 
 def test_window_is_twice_the_threads_unless_configured():
