@@ -97,7 +97,7 @@ def batch_size_for(images: int, threads: int, largest: int) -> int:
     """
     if threads <= 0:
         return largest
-    return max(4, min(largest, -(-images // (2 * threads))))
+    return min(largest, max(4, -(-images // (2 * threads))))
 
 
 def window_size(total_threads: int, configured: int = 0) -> int:

@@ -164,7 +164,7 @@ def test_cancel_stops_the_request_and_no_download_starts_after(
     shared, image_server, webhook_receiver
 ):
     a, b = shared(), shared()
-    urls = slow_images(image_server, 40, delay=0.4)
+    urls = slow_images(image_server, 80, delay=0.5)  # ~10 s of work: far from done
     request_id = upload(a, urls, webhook_receiver)
     wait_until(a, request_id, in_flight)
 

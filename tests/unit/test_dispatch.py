@@ -113,6 +113,7 @@ def test_small_requests_are_cut_finer_to_spread_over_the_threads():
     assert dispatch.batch_size_for(1, threads=4, largest=32) == 4
     assert dispatch.batch_size_for(20_000, threads=4, largest=32) == 32
     assert dispatch.batch_size_for(100, threads=0, largest=32) == 32  # cluster size unknown
+    assert dispatch.batch_size_for(1, threads=4, largest=2) == 2  # never above BATCH_SIZE
 
 
 def test_window_is_twice_the_threads_unless_configured():
