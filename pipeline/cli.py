@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"invalid CSV: {exc}", file=sys.stderr)
         return 2
-    services = build_services(settings).start()
+    services = build_services(settings).start(serve_others=False)
     try:
         print(services.descriptions["dask"], file=sys.stderr)
         record = run_csv(services, args.csv, progress=not args.no_progress)

@@ -57,9 +57,9 @@ def plan(requests: Sequence[RequestBatches], window: int) -> list[Submission]:
     """The batches to submit now, given the window.
 
     Each free slot goes to the request with the fewest batches in flight. A
-    request below its fair share of the window (window / active requests) may
-    submit even when the window is full: a newcomer does not wait for an
-    earlier request's batches to drain, it gets its share at once and its
+    request below its allowance (its fair share of the window, or all its
+    batches for a small one) may submit even when the window is full: a
+    newcomer does not wait for an earlier request's batches to drain, and its
     batches, with their higher priority, run next. The window is exceeded
     only by such newcomers, at most twice over, and closes again as the
     earlier request's batches finish.
@@ -74,7 +74,7 @@ def plan(requests: Sequence[RequestBatches], window: int) -> list[Submission]:
     chosen: list[Submission] = []
     while candidates and total < 2 * window:
         best = min(candidates, key=lambda r: (r.in_flight, r.submitted, r.arrival))
-        if total >= window and best.in_flight >= share:
+        if total >= window and best.in_flight >= allowance(best, share, window):
             break
         batch = best.pending.popleft()
         chosen.append(Submission(best.request_id, batch, batch_priority(best.submitted)))
@@ -84,6 +84,18 @@ def plan(requests: Sequence[RequestBatches], window: int) -> list[Submission]:
         if not best.pending:
             candidates.remove(best)
     return chosen
+
+
+def allowance(request: RequestBatches, share: int, window: int) -> int:
+    """How many batches a request may have in flight beyond a full window.
+
+    Its fair share; or, for a request small enough to fit the window whole,
+    all its batches: with their higher priority they are then already waiting
+    on the workers whenever a thread frees, so the request runs ahead of a big
+    one's next batches instead of taking turns with them.
+    """
+    remaining = len(request.pending) + request.in_flight
+    return max(share, remaining if remaining <= window else 0)
 
 
 def batch_size_for(images: int, threads: int, largest: int) -> int:

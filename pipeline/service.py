@@ -51,10 +51,14 @@ class Services:
     nats: NatsPublisher | None = None
     owns_client: bool = True  # False: the caller gave the client and closes it
 
-    def start(self) -> Services:
+    def start(self, *, serve_others: bool = True) -> Services:
+        """Start driving. `serve_others=False` for a batch run (the CLI, a notebook):
+        it drives the requests it submits and renews their leases, but leaves
+        other unfinished requests and pending webhooks to the API processes."""
         self.driver.start()
         self.deliveries.start()
-        if waiting := self.deliveries.resume():
+        self.sweeper.serve_others = serve_others
+        if serve_others and (waiting := self.deliveries.resume()):
             log.info("resumed %d pending webhook deliver(ies)", waiting)
         # Its first sweep, now, takes up the requests left unfinished.
         self.sweeper.start()

@@ -40,7 +40,10 @@ class Sweeper:
         remove: Callable[[str], None],
         retention_days: float = 0.0,
         clock: Clock = utc_now,
+        serve_others: bool = True,
     ):
+        """`serve_others=False` (a CLI or notebook run): only renew this process's own
+        leases; leave other requests, deliveries and retention to the API processes."""
         self.store = store
         self.driver = driver
         self.deliveries = deliveries
@@ -49,6 +52,7 @@ class Sweeper:
         self.remove = remove
         self.retention_days = retention_days
         self.clock = clock
+        self.serve_others = serve_others
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -69,7 +73,10 @@ class Sweeper:
                 return
 
     def sweep(self) -> None:
-        for step in (self.renew, self.take_over, self.queue_deliveries, self.expire):
+        steps = [self.renew]
+        if self.serve_others:
+            steps += [self.take_over, self.queue_deliveries, self.expire]
+        for step in steps:
             if self._stop.is_set():
                 return
             try:

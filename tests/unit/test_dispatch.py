@@ -39,7 +39,7 @@ def test_a_request_that_arrives_later_gets_the_next_free_slot():
 def test_a_newcomer_gets_its_fair_share_at_once_even_when_the_window_is_full():
     big = request("big", 1, 1000)
     plan([big], window=8)
-    medium = request("medium", 2, 10)
+    medium = request("medium", 2, 12)
     # Half the window is its share with two requests: it need not wait for big's
     # batches to drain (its batches have the higher priority, so they run next).
     assert chosen(plan([big, medium], window=8)) == [("medium", n) for n in range(4)]
@@ -48,8 +48,16 @@ def test_a_newcomer_gets_its_fair_share_at_once_even_when_the_window_is_full():
     assert plan([big, medium], window=8) == []
     big.in_flight -= 2  # 3 + 4: one free slot, to the one with fewer in flight
     assert chosen(plan([big, medium], window=8)) == [("big", 8)]
-    medium.in_flight -= 2  # 4 + 2
-    assert chosen(plan([big, medium], window=8)) == [("medium", 4), ("medium", 5)]
+
+
+def test_a_request_that_fits_the_window_gets_all_its_batches_at_once():
+    big = request("big", 1, 1000)
+    plan([big], window=8)
+    small = request("small", 2, 5)
+    # Its next batch is then already waiting on a worker whenever one of its own
+    # finishes, rather than a big batch taking that thread.
+    assert chosen(plan([big, small], window=8)) == [("small", n) for n in range(5)]
+    assert big.in_flight + small.in_flight == 13
 
 
 def test_in_flight_never_exceeds_twice_the_window():
