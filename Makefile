@@ -73,8 +73,9 @@ clean:
 MONGO_TESTS  ?= tests/contract tests/integration/test_sharing.py
 MONGO_SELECT ?= mongodb or test_sharing.py
 test-mongo: $(VENV)/.installed-test
-	@if [ -n "$(MONGO_COMPOSE)" ]; then docker compose up -d --wait mongo; fi
-	@uri="$${MONGODB_URI:-$(if $(MONGO_COMPOSE),mongodb://localhost:27017/?directConnection=true)}"; \
+	@if [ -n "$(MONGO_COMPOSE)" ]; then docker compose -f docker-compose.yml -f docker-compose.mongo-test.yml up -d --wait mongo; fi
+	@if [ -n "$(MONGO_COMPOSE)" ]; then . ./.env; fi; \
+	uri="$${MONGODB_URI:-$(if $(MONGO_COMPOSE),mongodb://$$MONGO_ROOT_USER:$$MONGO_ROOT_PASSWORD@127.0.0.1:27017/?directConnection=true&authSource=admin)}"; \
 	if [ -z "$$uri" ]; then echo "set MONGODB_URI to a real mongod (or MONGO_COMPOSE=1)"; exit 2; fi; \
 	MONGODB_URI="$$uri" $(BIN)/python -m pytest $(MONGO_TESTS) -k '$(MONGO_SELECT)' $(PYTEST_ARGS)
 

@@ -65,15 +65,30 @@ def _conflict(req, resp, exc: Conflict, params) -> None:
     _respond(resp, 409, exc.title, str(exc), status=exc.status)
 
 
-def _unavailable(req, resp, exc: Exception, params) -> None:
-    log.error("backend failure on %s %s: %s", req.method, req.path, exc)
-    _respond(
-        resp,
-        503,
-        "Service unavailable",
-        f"A backend is failing ({type(exc).__name__}); nothing was lost, try again shortly.",
-    )
-    resp.set_header("Retry-After", "5")
+# What the caller is told when a backend fails: which one, and that nothing was
+# done (the cause, with paths and addresses, goes to the log and to /health).
+_BACKENDS = {
+    "records": ("Record store unavailable", "The service's record store"),
+    "storage": ("Storage unavailable", "The service's storage"),
+}
+
+
+def _unavailable(component: str):
+    title, what = _BACKENDS[component]
+
+    def handler(req, resp, exc: Exception, params) -> None:
+        log.error("%s failing on %s %s: %s", component, req.method, req.path, exc)
+        _respond(
+            resp,
+            503,
+            title,
+            f"{what} is not working right now, so this was not done (an upload is not "
+            "recorded). Try again in a few seconds; GET /health says when it is back.",
+            component=component,
+        )
+        resp.set_header("Retry-After", "5")
+
+    return handler
 
 
 def _api_key_required(req, resp, exc: ApiKeyRequired, params) -> None:
@@ -121,8 +136,8 @@ def register(app: falcon.App) -> None:
     app.add_error_handler(RequestNotFound, _not_found)
     app.add_error_handler(NotReady, _not_ready)
     app.add_error_handler(Conflict, _conflict)
-    app.add_error_handler(StorageError, _unavailable)
-    app.add_error_handler(RecordStoreError, _unavailable)
+    app.add_error_handler(StorageError, _unavailable("storage"))
+    app.add_error_handler(RecordStoreError, _unavailable("records"))
     app.add_error_handler(ApiKeyRequired, _api_key_required)
     app.add_error_handler(RateLimited, _rate_limited)
     app.add_error_handler(LengthRequired, _length_required)

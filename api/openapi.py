@@ -73,6 +73,11 @@ SCHEMAS: dict[str, Any] = {
             "column": _nullable({"type": "string"}),
             "retry_after": {"type": "integer"},
             "status": {"type": "string", "description": "on 409: the request's status"},
+            "component": {
+                "type": "string",
+                "enum": ["records", "storage"],
+                "description": "on 503: the backend that is failing",
+            },
         },
     },
     "Accepted": {
@@ -199,7 +204,14 @@ SCHEMAS: dict[str, Any] = {
     "Health": {
         "type": "object",
         "required": ["status"],
-        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "failing": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the components with healthy false: records, storage, dask",
+            },
+        },
         "additionalProperties": True,
     },
 }
@@ -415,7 +427,12 @@ def document(base_url: str = "") -> dict[str, Any]:
                     "summary": "Components and Dask workers; never rate limited or keyed",
                     "tags": ["service"],
                     "operationId": "health",
-                    "responses": {"200": _json("#/components/schemas/Health", "OK")},
+                    "responses": {
+                        "200": _json("#/components/schemas/Health", "OK"),
+                        "503": _json(
+                            "#/components/schemas/Health", "A component is failing: see failing"
+                        ),
+                    },
                 }
             },
             "/api/v1/openapi.json": {

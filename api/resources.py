@@ -11,8 +11,10 @@ import falcon
 
 from api.auth import ApiKeys
 from pipeline.errors import NotReady, RequestNotFound
+from pipeline.health import failing
 from pipeline.links import Links
 from pipeline.models import ImageRecord, RequestRecord, iso
+from pipeline.outputs import Rebuilt
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
@@ -75,6 +77,10 @@ class RequestStatusResource:
 
 
 class OutputCsv:
+    """The stored output CSV; rebuilt from the records (and stored again when the
+    storage takes it) when the object is missing, e.g. because the storage was full
+    when the request finished."""
+
     def __init__(self, store: RecordStore, storage: Storage, *, keys: ApiKeys):
         self.store = store
         self.storage = storage
@@ -90,9 +96,13 @@ class OutputCsv:
         if record.output_key is None:
             why = f": {record.error}" if record.error else "."
             raise NotReady(f"Request {request_id} is {record.status} and has no output CSV{why}")
+        try:
+            stream: Any = self.storage.open(record.output_key, "rb")
+        except FileNotFoundError:
+            stream = Rebuilt(self.store, self.storage, request_id, record.output_key)
         resp.content_type = "text/csv; charset=utf-8"
         resp.downloadable_as = f"{request_id}-output.csv"
-        resp.stream = self.storage.open(record.output_key, "rb")
+        resp.stream = stream
 
 
 class Media:
@@ -143,11 +153,19 @@ class Html:
 
 
 class Health:
+    """Each component's state; 503 naming those failing (`healthy: false`), so a load
+    balancer stops sending work here and an operator sees which part to fix."""
+
     def __init__(self, describe: Callable[[], dict[str, Any]]):
         self.describe = describe
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok", **self.describe()}
+        components = self.describe()
+        down = failing(components)
+        resp.media = {"status": "unavailable" if down else "ok", "failing": down, **components}
+        resp.cache_control = ["no-store"]
+        if down:
+            resp.status = falcon.HTTP_503
 
 
 def status_body(

@@ -14,7 +14,9 @@ import falcon
 import waitress
 
 from api.app import create_app
+from api.connections import connections_summary, make_room, waitress_options
 from api.uploads import max_body_bytes
+from pipeline.health import Backends
 from pipeline.service import Services, build_services
 from pipeline.settings import Settings
 
@@ -25,16 +27,21 @@ def build_from_env(settings: Settings | None = None) -> tuple[falcon.App, Servic
     """The app and its services, built but not started."""
     settings = settings or Settings.from_env()
     services = build_services(settings)
+    backends = Backends(services.store, services.storage)
 
     def health() -> dict:
         # The driver's client: it connects a new one when a lost scheduler outlasts
         # the old one's reconnecting (a closed client has no scheduler address).
         client = services.driver.connection.client
-        info = client.scheduler_info(n_workers=-1) if client.status == "running" else {}
+        running = client.status == "running"
+        info = client.scheduler_info(n_workers=-1) if running else {}
+        checked = backends.report()
         return {
-            "records": services.descriptions["records"],
-            "storage": services.descriptions["storage"],
+            "records": checked["records"] | {"description": services.descriptions["records"]},
+            "storage": checked["storage"] | {"description": services.descriptions["storage"]},
             "dask": {
+                "healthy": running,
+                "error": None if running else f"no Dask scheduler (client {client.status})",
                 "status": client.status,
                 "workers": len(info.get("workers", {})),
                 "dashboard": services.dashboard_url,
@@ -83,17 +90,20 @@ def main() -> None:
     )
     # SIGTERM (docker stop, CI teardown) exits through `finally`, closing the cluster cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Before anything opens files, so the embedded cluster's workers inherit it too.
+    connection_limit = make_room(settings.api_connection_limit, log)
     app, services = build_from_env(settings)
     host = settings.host
     try:
         services.start()
         log.info("api: listening on http://%s:%d (HOST, PORT)", host, settings.port)
         log.info("api protection: %s", protection_summary(settings))
+        log.info("api connections: %s", connections_summary(settings, connection_limit))
         waitress.serve(
             app,
             host=host,
             port=settings.port,
-            threads=8,
+            **waitress_options(settings, connection_limit),
             # waitress refuses bigger bodies itself (a declared length at once, a
             # chunked one as it passes the limit), so they are never buffered whole;
             # its 413 is plain text, the app's own for smaller excesses is JSON.

@@ -7,7 +7,6 @@ like any other, visible in the status API if a server shares the records.
 from __future__ import annotations
 
 import io
-import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from pipeline import outputs
 from pipeline.clock import utc_now
 from pipeline.errors import FetchError, ImageRejected
 from pipeline.fetch import Fetcher
@@ -99,8 +99,11 @@ def write_output_csv(services: Services, request_id: str, path: str | Path) -> P
     if record is None or record.output_key is None:
         raise FileNotFoundError(f"request {request_id} has no output CSV")
     target = Path(path)
-    with services.storage.open(record.output_key, "rb") as src, target.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
+    # Written from the records, as the API's output route does when the stored copy
+    # is missing: the records are the truth, and storage may have failed at the end.
+    with target.open("wb") as dst:
+        for chunk in outputs.csv_chunks(services.store, services.storage, request_id):
+            dst.write(chunk)
     return target
 
 

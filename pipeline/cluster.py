@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from urllib.parse import urlsplit
 
 import dask.config
 from distributed import Client, LocalCluster
 from distributed.comm import connect
 
+from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def start_client(settings: Settings) -> tuple[Client, str]:
         n_workers=workers,
         threads_per_worker=settings.dask_threads_per_worker,
         processes=True,
-        dashboard_address=settings.dask_dashboard_address or None,
+        dashboard_address=dashboard_listen(settings.dask_dashboard_address, settings.host),
         silence_logs=logging.WARNING,
         preload=[PRELOAD],
     )
@@ -102,12 +104,57 @@ def close_client(client: Client) -> None:
         cluster.close()
 
 
+# Hosts that mean "every interface": the link then names loopback, as Dask's does.
+_ALL_INTERFACES = frozenset({"", "0.0.0.0", "::"})
+
+
+def dashboard_listen(address: str, api_host: str) -> list[tuple[str, int]] | None:
+    """Where the embedded cluster's dashboard listens: (host, port) pairs, None when off.
+
+    DASK_DASHBOARD_ADDRESS is Dask's syntax, `[host]:port[,...]`. Dask reads a
+    port without a host (the default ":8787") as every interface, which would
+    put the dashboard (which shows every task's key and the workers' logs) on
+    the network while the API listens on loopback; so a bare port binds where
+    the API binds (HOST), and an address with a host is kept as given
+    ("0.0.0.0:8787" for every interface). Pairs rather than "host:port"
+    strings, because Dask splits a string at every colon and so cannot take an
+    IPv6 host.
+    """
+    if not address.strip():
+        return None
+    listen = []
+    for part in address.split(","):
+        host, colon, port = part.strip().rpartition(":")
+        host = host.strip("[]") if colon else ""
+        try:
+            number = int(port)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 65535:
+            raise ConfigError(
+                f"DASK_DASHBOARD_ADDRESS must be [host]:port, e.g. :8787, got {address!r}"
+            )
+        listen.append((host or api_host, number))
+    return listen
+
+
 def dashboard_url(client: Client, settings: Settings) -> str | None:
     """The dashboard's address, or None when our LocalCluster runs without one.
 
     (`client.dashboard_link` formats a link even then: the scheduler's HTTP
     server keeps serving health and metrics routes on that port.)
     """
-    if not settings.dask_scheduler_address and not settings.dask_dashboard_address:
+    if settings.dask_scheduler_address:
+        return client.dashboard_link
+    listen = dashboard_listen(settings.dask_dashboard_address, settings.host)
+    if not listen:
         return None
-    return client.dashboard_link
+    link = client.dashboard_link
+    host = listen[0][0]
+    if host in _ALL_INTERFACES or not link:
+        return link  # it names the scheduler's own address, loopback
+    # Bound to one address: Dask's link names the scheduler's (127.0.0.1), which
+    # may not be where the dashboard listens.
+    parts = urlsplit(link)
+    netloc = f"[{host}]" if ":" in host else host
+    return parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc).geturl()

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from pipeline.csv_output import output_csv_rows, render_csv
+from pipeline import outputs
 from pipeline.deliveries import Deliveries
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StorageError
 from pipeline.links import Links
 from pipeline.models import Counters, RequestStatus
 from pipeline.notify import completion_event
@@ -70,7 +70,11 @@ class Completion:
         self.storage.put(cancel_marker_key(request_id), b"cancelled\n")
 
     def complete(self, request_id: str, *, cancelled: bool) -> bool:
-        """Write the output CSV and the final status. False when another process owns it."""
+        """Write the output CSV and the final status. False when another process owns it.
+
+        A storage that cannot take the CSV does not change the status (logged; the
+        API rebuilds the CSV from the records); a failing record store raises.
+        """
         if cancelled:
             self.store.cancel_pending_images(request_id)
         counters = self.store.recount(request_id)
@@ -81,8 +85,17 @@ class Completion:
         if pending > 0:
             raise Incomplete(request_id, pending)
         key = output_csv_key(request_id)
-        rows = output_csv_rows(self.store.iter_images(request_id), self.storage.url)
-        self.storage.put_chunks(key, render_csv(rows))
+        try:
+            outputs.write(self.store, self.storage, request_id, key)
+        except StorageError as exc:
+            # The images' results are recorded, and they decide the status; the CSV
+            # is a copy of those records, rebuilt on demand when it is missing.
+            log.error(
+                "request %s: output CSV not stored (%s); GET %s rebuilds it from the records",
+                request_id,
+                exc,
+                self.links.output_csv(request_id),
+            )
         status = final_status(counters, cancelled=cancelled)
         finished = self.finish(request_id, status, output_key=key)
         if finished:

@@ -18,6 +18,12 @@ those batches go back to the front of their request's queue and are
 submitted again once the client has reconnected (a few times at most).
 On `stop()` the requests are left unfinished and their leases freed, for
 another process or the next start.
+
+A backend out of service fails no request (`errors.backend_unavailable`):
+results the record store refuses are kept and written again every round,
+and no batch is submitted meanwhile; a request whose preparation or
+completion meets a store or storage that is gone, full or read-only is left
+unfinished and taken up again by a later sweep.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from pipeline.clock import Clock, utc_now
 from pipeline.completion import Completion, Incomplete
 from pipeline.connection import RECONNECT_TIMEOUT, DaskConnection, SchedulerLost, ShuttingDown
 from pipeline.csv_input import CsvLimits
+from pipeline.errors import RecordStoreError, StorageError, backend_unavailable
 from pipeline.models import ImageResult, ImageStatus
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
@@ -115,6 +122,10 @@ class Driver:
         self._cancelling: set[str] = set()
         self._started: set[str] = set()  # marked processing
         self._redone: dict[str, int] = {}  # requests whose batches ran again (Incomplete)
+        # Results the record store did not take yet (it failed): written again each
+        # round; meanwhile no batch is submitted and the request is not completed.
+        self._unwritten: dict[str, list[ImageResult]] = {}
+        self._store_failing = False
         self._arrivals = 0
         self._window = dispatch.window_size(0, window)
         self._window_at = 0.0  # when to read the cluster's size again (monotonic)
@@ -266,7 +277,12 @@ class Driver:
     def _complete(self, request_id: str, *, cancelled: bool) -> None:
         try:
             if cancelled:
-                self.completion.stop_tasks(request_id)
+                try:
+                    self.completion.stop_tasks(request_id)
+                except StorageError as exc:
+                    # Only tasks still running read the marker, and they cannot store
+                    # anything either: the cancel goes on without it.
+                    log.warning("request %s: cancel marker not stored: %s", request_id, exc)
             self.completion.complete(request_id, cancelled=cancelled)
         except Incomplete as exc:
             # Not expected: every batch came back, yet images have no result. Run the
@@ -284,15 +300,36 @@ class Driver:
         self._forget(request_id)
 
     def _failed(self, request_id: str, exc: BaseException) -> None:
-        """The request cannot go on: record it failed (unless the process is stopping)."""
+        """The request cannot go on: record it failed (unless the process is stopping,
+        or a backend it needs is out of service: then it waits to be taken up again)."""
         if self._stopping.is_set():
             log.info("request %s left for another process or the next start (%s)", request_id, exc)
+            return
+        if backend_unavailable(exc):
+            self._leave(request_id, exc)
             return
         log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc)
         try:
             self.completion.fail(request_id, f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("recording the failure of request %s failed", request_id)
+        self._forget(request_id)
+
+    def _leave(self, request_id: str, exc: BaseException) -> None:
+        """Leave the request unfinished for the sweeper to take up again (its next
+        sweep once the lease is freed here, or once it expires when the record
+        store is what failed): its images are still to be processed, and failing
+        it would lose them for a backend that may be back in seconds."""
+        log.warning(
+            "request %s left unfinished, taken up again by the next sweep: %s: %s",
+            request_id,
+            type(exc).__name__,
+            exc,
+        )
+        try:
+            self.store.release_request(request_id, self.owner)
+        except Exception as error:
+            log.warning("request %s: lease not freed, it expires instead: %s", request_id, error)
         self._forget(request_id)
 
     def _forget(self, request_id: str) -> None:
@@ -380,6 +417,7 @@ class Driver:
         self._plans.pop(request_id, None)
         self._cancelling.discard(request_id)
         self._started.discard(request_id)
+        self._unwritten.pop(request_id, None)
         mine = [f for f, each in self._futures.items() if each.request_id == request_id]
         for future in mine:
             del self._futures[future]
@@ -402,7 +440,11 @@ class Driver:
                 # The whole batch failed after its retries (e.g. workers kept dying):
                 # each of its pending images gets the reason; the request still finishes.
                 reason = f"batch task failed: {_describe(future.exception())}"
-                failed = self._batch_images(each)
+                try:
+                    failed = self._batch_images(each)
+                except RecordStoreError:
+                    self._futures[future] = each  # looked at again once the store answers
+                    continue
                 results.setdefault(each.request_id, []).extend(
                     ImageResult(row, position, ok=False, error=reason) for row, position in failed
                 )
@@ -423,10 +465,34 @@ class Driver:
                         ),
                     )
             future.release()
-        now = self.clock()
         for request_id, each_results in results.items():
             if request_id in self._batches:
-                self.store.apply_results(request_id, each_results, now)
+                self._unwritten.setdefault(request_id, []).extend(each_results)
+        self._write_results()
+
+    def _write_results(self) -> None:
+        """Record the results gathered; those the store refuses are kept for the next
+        round (the images were processed: doing them again would cost downloads)."""
+        for request_id in list(self._unwritten):
+            try:
+                self.store.apply_results(request_id, self._unwritten[request_id], self.clock())
+            except RecordStoreError as exc:
+                if not self._store_failing:
+                    log.error(
+                        "the record store fails; results kept, no batch started until it "
+                        "takes them: %s",
+                        exc,
+                    )
+                self._store_failing = True
+                return
+            except Exception:
+                # Not the store's outage (e.g. the request is gone): holding these back
+                # would stop every request, so they are dropped.
+                log.exception("results of request %s not recorded", request_id)
+            del self._unwritten[request_id]
+        if self._store_failing:
+            log.info("the record store takes results again")
+            self._store_failing = False
 
     def _gather(self, finished: list[Future]) -> dict[Future, list[ImageResult]]:
         """The finished futures' results; none when the scheduler went away meanwhile."""
@@ -481,21 +547,27 @@ class Driver:
         # A done-callback can be missed when the client closes under it.
         for future in [f for f in self._futures if f.done()]:
             self._events.put(("done", future))
+        if self._unwritten:
+            self._write_results()
         if now >= self._cancel_poll_at and self._batches:
             self._cancel_poll_at = now + CANCEL_POLL
             asked = [r for r in self._batches if r not in self._cancelling]
-            for request_id in self.store.cancel_requested(asked) if asked else ():
+            try:
+                cancels = self.store.cancel_requested(asked) if asked else set()
+            except RecordStoreError:
+                cancels = set()  # asked again in a second; the write path logs the outage
+            for request_id in cancels:
                 self._cancel(request_id)
 
     def _settle_idle(self) -> None:
         for request_id, batches in list(self._batches.items()):
-            if batches.idle:
+            if batches.idle and request_id not in self._unwritten:
                 cancelled = request_id in self._cancelling
                 self._discard(request_id)
                 self._steps.submit(self._complete, request_id, cancelled=cancelled)
 
     def _submit(self) -> None:
-        if not self.connection.running or not self._batches:
+        if not self.connection.running or not self._batches or self._unwritten:
             return
         client = self.connection.client
         for chosen in dispatch.plan(list(self._batches.values()), self._window):
@@ -514,8 +586,12 @@ class Driver:
             self._futures[future] = InFlight(chosen.request_id, chosen.batch, only)
             future.add_done_callback(lambda f: self._events.put(("done", f)))
             if chosen.request_id not in self._started:
-                self._started.add(chosen.request_id)
-                self.store.mark_processing(chosen.request_id, self.clock())
+                try:
+                    self.store.mark_processing(chosen.request_id, self.clock())
+                except RecordStoreError as exc:  # its status says so with the next batch
+                    log.warning("request %s: not marked processing: %s", chosen.request_id, exc)
+                else:
+                    self._started.add(chosen.request_id)
 
     def _only(self, request_id: str, plan: Plan, batch: int) -> frozenset[tuple[int, int]] | None:
         """The pending images of a partly done batch (None: the whole batch)."""

@@ -8,6 +8,8 @@ boundary with ``raise ... from exc`` so callers only need to know these.
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""
@@ -80,11 +82,25 @@ class RecordStoreError(PipelineError):
 
 
 class FetchError(PipelineError):
-    """One URL could not be fetched. Caught per image and recorded as its reason."""
+    """One URL could not be fetched. Caught per image and recorded as its reason.
 
-    def __init__(self, reason: str, *, transient: bool = False):
+    `status` is the HTTP status the host answered, if it answered; `retry_after`
+    the seconds its `Retry-After` asked for on a 429 or 503 (the per-host pause
+    of `pipeline.hosts` honours them).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        transient: bool = False,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
         self.reason = reason
         self.transient = transient
+        self.status = status
+        self.retry_after = retry_after
         super().__init__(reason)
 
 
@@ -94,3 +110,27 @@ class ImageRejected(PipelineError):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
+
+
+# What a full, read-only or vanished disk says through a file object, where no
+# storage method could wrap it (e.g. pyarrow writing a manifest).
+_UNAVAILABLE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR}
+)
+
+
+def backend_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says a backend is out of service (the record store or the storage
+    gone, full, read-only or unreachable) rather than that the work itself is bad.
+
+    Work that failed this way may succeed once the backend returns, so it is left
+    to be taken up again instead of being failed. A missing object is not one of
+    these: an input that is gone stays gone.
+    """
+    if isinstance(exc, RecordStoreError | StorageError):
+        return True
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, FileNotFoundError)
+        and exc.errno in _UNAVAILABLE_ERRNOS
+    )

@@ -5,11 +5,15 @@ records the reason on the image. Transient failures (connection errors,
 timeouts, 429, 5xx) are retried with jittered exponential backoff inside the
 total time budget; permanent ones (4xx, too large, refused address) are not.
 Every connection, including each redirect hop, goes through the address
-guard of `pipeline.netguard`.
+guard of `pipeline.netguard`. The whole fetch (every attempt and redirect) is
+one `pipeline.exchange.Exchange`: a hard deadline of `total_timeout` from the
+first connect to the last byte, and byte budgets on the head, the body on the
+wire and the chunk framing, whatever the host sends or withholds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import socket
@@ -21,10 +25,16 @@ from urllib.parse import urljoin
 import urllib3
 
 from pipeline.errors import ConfigError, FetchError
+from pipeline.exchange import Exchange
+from pipeline.hosts import SLOW_DOWN, parse_retry_after
 from pipeline.netguard import Resolver, guarded_pool, validate_url
+from pipeline.reasons import Budget
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
+# Bytes on the wire beyond MAX_IMAGE_BYTES a body may take (compressed or chunked
+# framing): a body that inflates to nothing (empty deflate blocks) stops there.
+WIRE_SLACK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,12 @@ class Fetcher:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        host_gate: Callable[[str, float], contextlib.AbstractContextManager[None]] | None = None,
     ):
-        """`pool` must come from `netguard.guarded_pool`: it enforces the address rules."""
+        """`pool` must come from `netguard.guarded_pool`: it enforces the address rules.
+
+        `host_gate(url, deadline)` is entered around each attempt, retries included
+        (`pipeline.hosts.HostLimiter.slot`: the per-host cap and pause)."""
         self.config = config
         if pool is None:
             allow = config.allow_private_networks
@@ -79,20 +93,32 @@ class Fetcher:
         self.sleep = sleep
         self.clock = clock
         self.rand = rand
+        self.host_gate = host_gate or (lambda _url, _deadline: contextlib.nullcontext())
 
     def fetch(self, url: str) -> bytes:
+        cfg = self.config
+        budget = Budget(body_bytes=cfg.max_bytes + cfg.max_bytes // 8 + WIRE_SLACK)
+        with Exchange(cfg.total_timeout, idle=cfg.read_timeout, budget=budget) as exchange:
+            return self._fetch(url, exchange)
+
+    def _fetch(self, url: str, exchange: Exchange) -> bytes:
         deadline = self.clock() + self.config.total_timeout
         attempt = 0
         while True:
             try:
-                return self._fetch_once(url, deadline)
+                with self.host_gate(url, deadline):
+                    return self._fetch_once(url, exchange)
             except FetchError as exc:
                 attempt += 1
                 if not exc.transient or attempt > self.config.retries:
                     raise
                 delay = self._backoff(attempt)
                 if self.clock() + delay >= deadline:
-                    raise FetchError(f"{exc.reason} (gave up: time budget spent)") from exc
+                    raise FetchError(
+                        f"{exc.reason} (gave up: time budget spent)",
+                        status=exc.status,
+                        retry_after=exc.retry_after,
+                    ) from exc
                 self.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
@@ -101,13 +127,13 @@ class Fetcher:
         step = self.config.backoff * 2 ** (attempt - 1)
         return step * (0.5 + 0.5 * self.rand())
 
-    def _fetch_once(self, url: str, deadline: float) -> bytes:
+    def _fetch_once(self, url: str, exchange: Exchange) -> bytes:
         cfg = self.config
         for _hop in range(cfg.max_redirects + 1):
             validate_url(url)  # the address itself is checked by the pool's connections
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise FetchError(f"timed out after {cfg.total_timeout:g}s", transient=True)
+            remaining = exchange.remaining()
+            if remaining <= 0:  # the earlier attempts and redirects took the time
+                raise FetchError(f"timed out after {cfg.total_timeout:g}s (attempts and redirects)")
             timeout = urllib3.Timeout(
                 connect=min(cfg.connect_timeout, remaining), read=min(cfg.read_timeout, remaining)
             )
@@ -121,20 +147,9 @@ class Fetcher:
                     retries=False,
                     timeout=timeout,
                 )
-            except urllib3.exceptions.NewConnectionError as exc:
-                # (a subclass of ConnectTimeoutError in urllib3, so it must come first)
-                raise FetchError(f"connection failed: {_short(exc)}", transient=True) from exc
-            except urllib3.exceptions.ConnectTimeoutError as exc:
-                raise FetchError(
-                    f"timed out connecting (after {timeout.connect_timeout:g}s)", transient=True
-                ) from exc
-            except urllib3.exceptions.TimeoutError as exc:
-                raise FetchError(
-                    f"timed out waiting for a response (after {timeout.read_timeout:g}s)",
-                    transient=True,
-                ) from exc
             except urllib3.exceptions.HTTPError as exc:
-                raise FetchError(f"connection failed: {_short(exc)}", transient=True) from exc
+                # Worded from what the host did, in the phase it did it (pipeline.reasons).
+                raise exchange.failure(exc) from exc
             body = None
             try:
                 if response.status in REDIRECT_CODES:
@@ -145,8 +160,18 @@ class Fetcher:
                     continue
                 if response.status != 200:
                     transient = response.status == 429 or response.status >= 500
-                    raise FetchError(f"HTTP {response.status}", transient=transient)
-                body = self._read_body(response, deadline)
+                    retry_after = (
+                        parse_retry_after(response.headers.get("Retry-After"), time.time())
+                        if response.status in SLOW_DOWN
+                        else None
+                    )
+                    raise FetchError(
+                        f"HTTP {response.status}",
+                        transient=transient,
+                        status=response.status,
+                        retry_after=retry_after,
+                    )
+                body = self._read_body(response, exchange)
                 return body
             finally:
                 if body is None:
@@ -155,54 +180,29 @@ class Fetcher:
                 response.release_conn()
         raise FetchError(f"too many redirects (more than {cfg.max_redirects})")
 
-    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, exchange: Exchange) -> bytes:
         limit = self.config.max_bytes
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise FetchError(f"image is {int(declared)} bytes, over the limit of {limit}")
         # Content-Length may lie (or be absent) and Content-Encoding may inflate
-        # a small download into gigabytes: count the decoded bytes that arrive.
-        # read1 returns after one network read, so the time budget is checked
-        # even when a server drips a byte at a time.
+        # a small download into gigabytes: count the decoded bytes that arrive
+        # (the exchange counts the ones on the wire, and ends it all at the deadline).
         chunks: list[bytes] = []
         size = 0
         try:
-            while True:
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    raise FetchError(
-                        f"timed out after {self.config.total_timeout:g}s", transient=True
-                    )
-                _limit_wait(response, min(self.config.read_timeout, remaining))
+            while not exchange.expired:
                 chunk = response.read1(CHUNK)
                 if not chunk:
                     break
                 size += len(chunk)
+                exchange.progress.decoded = size
                 if size > limit:
                     raise FetchError(f"image is over the limit of {limit} bytes")
                 chunks.append(chunk)
-        except urllib3.exceptions.TimeoutError as exc:
-            if self.clock() >= deadline:
-                raise FetchError(
-                    f"timed out after {self.config.total_timeout:g}s", transient=True
-                ) from exc
-            raise FetchError(
-                f"timed out reading the body (nothing for {self.config.read_timeout:g}s)",
-                transient=True,
-            ) from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise FetchError(f"body read failed: {_short(exc)}", transient=True) from exc
+            raise exchange.failure(exc) from exc
+        # A body without a length ends when the connection does, as it does when the
+        # deadline shuts it down: only the exchange knows which.
+        exchange.check()
         return b"".join(chunks)
-
-
-def _limit_wait(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
-    """Make the next socket read wait at most `seconds` (the rest of the time budget)."""
-    connection = getattr(response, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:197] + "..."

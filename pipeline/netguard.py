@@ -5,7 +5,7 @@ they give), so by default it refuses any address that is not globally
 routable: loopback, private, shared (100.64/10), link-local (the cloud
 metadata address), multicast, reserved, unspecified, documentation ranges,
 IPv4 and IPv6, including IPv6 forms that embed an IPv4 address (mapped,
-compatible, 6to4, NAT64) and the `localhost` names. ALLOW_PRIVATE_NETWORKS=1
+translated, compatible, 6to4, NAT64) and the `localhost` names. ALLOW_PRIVATE_NETWORKS=1
 turns the address rules off for trusted networks and local trials.
 
 Checking a URL and then letting the HTTP library resolve the host again is
@@ -15,7 +15,9 @@ reads `2130706433`, `0177.0.0.1` or `127.1` as IPv4. So `guarded_pool` builds
 a urllib3 PoolManager whose connections resolve the host once, validate every
 address, connect to a validated address themselves and check the peer of
 the connected socket. The hostname is kept for the Host header, TLS SNI and
-certificate verification, which urllib3 does on top of our socket.
+certificate verification, which urllib3 does on top of our socket. The same
+connections hand every socket they open or reuse to the current
+`pipeline.exchange.Exchange`, which shuts it down at the exchange's deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 
+from pipeline import exchange
 from pipeline.errors import FetchError
 
 # socket.getaddrinfo's shape: resolve(host, port, type=...) -> [(family, type, proto, _, sockaddr)]
@@ -58,6 +61,8 @@ _BLOCKED = tuple(
     )
 )  # fmt: skip
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv4-translated (RFC 2765 SIIT): ::ffff:0:a.b.c.d reaches a.b.c.d through a translator.
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
 class AddressRefused(FetchError):
@@ -68,7 +73,7 @@ def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
+        if embedded is None and (ip in _NAT64 or ip in _TRANSLATED):
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             # The packet ends up at the IPv4 address, so that is what must be public.
@@ -179,12 +184,16 @@ class AddressGuard:
         timeout: float | None,
         source_address: tuple[str, int] | None = None,
         socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        on_socket: Callable[[socket.socket], None] | None = None,
     ) -> socket.socket:
+        """`on_socket` sees each socket before it connects (to bound the connect in time)."""
         error: OSError | None = None
         for family, kind, proto, _name, sockaddr in self.resolve(host, port):
             sock = None
             try:
                 sock = socket.socket(family, kind, proto)
+                if on_socket is not None:
+                    on_socket(sock)
                 for option in socket_options or ():
                     sock.setsockopt(*option)
                 sock.settimeout(timeout)
@@ -213,13 +222,23 @@ class _PinnedConnection:
     """Replaces urllib3's socket setup; TLS, SNI and Host headers still use the hostname."""
 
     guard: ClassVar[AddressGuard]
+    # Reads the answer through the current exchange's byte budgets.
+    response_class = exchange.MeteredResponse
 
     def _new_conn(self) -> socket.socket:
         conn: Any = self  # the urllib3 HTTPConnection this is mixed into
         timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
+        current = exchange.current()
+        if current is not None:
+            current.connecting(conn.port, timeout)
         try:
-            return self.guard.connect(
-                conn._dns_host, conn.port, timeout, conn.source_address, conn.socket_options
+            sock = self.guard.connect(
+                conn._dns_host,
+                conn.port,
+                timeout,
+                conn.source_address,
+                conn.socket_options,
+                on_socket=current.watch if current is not None else None,
             )
         except socket.gaierror as exc:
             raise NameResolutionError(conn.host, conn, exc) from exc
@@ -229,6 +248,16 @@ class _PinnedConnection:
             ) from exc
         except OSError as exc:
             raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+        if current is not None:
+            current.connected(tls=isinstance(self, HTTPSConnection))
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        current = exchange.current()
+        if current is not None:
+            # A kept-alive connection brings its socket: it gets this exchange's deadline too.
+            current.sending(getattr(self, "sock", None))
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
 class PinnedHTTPConnection(_PinnedConnection, HTTPConnection):

@@ -3,8 +3,10 @@
 The payload is built by a pure function. Each attempt POSTs the same body
 with `webhook-id` (stable across retries, so receivers can deduplicate),
 `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
-"{id}.{timestamp}.{body}">`), through the SSRF-guarded pool, and comes back
-classified: delivered, retry later, or give up. Scheduling the retries is
+"{id}.{timestamp}.{body}">`), through the SSRF-guarded pool, within a hard
+deadline of `timeout` seconds from connect to the answer's headers
+(`pipeline.exchange`), and comes back classified: delivered, retry later, or
+give up, with a short reason a person can act on. Scheduling the retries is
 `pipeline.deliveries`' job.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 import urllib3
 
 from pipeline.errors import ConfigError, FetchError
+from pipeline.exchange import Exchange
 from pipeline.models import RequestRecord, iso
 from pipeline.netguard import guarded_pool, validate_url
 
@@ -116,22 +119,29 @@ class WebhookSender:
         now = self.clock()
         at = iso(datetime.fromtimestamp(now, UTC))
         headers = signed_headers(self.key, msg_id, int(now), body)
-        try:
-            validate_url(url)  # shape (scheme, host, no userinfo); the pool checks addresses
-            response = self.pool.request(
-                "POST",
-                url,
-                body=body,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                timeout=urllib3.Timeout(total=self.timeout),
-            )
-        except FetchError as exc:  # refused address or malformed URL: never retried
-            outcome = "retry" if exc.transient else "give_up"
-            return Attempt(at, None, exc.reason, outcome)
-        except urllib3.exceptions.HTTPError as exc:  # connection refused, reset, timeout
-            return Attempt(at, None, f"delivery failed: {_short(exc)}", "retry")
+        # The receiver's status and headers are the answer; its body is never read,
+        # so an endless one costs nothing.
+        with Exchange(self.timeout, peer="receiver", idle=self.timeout) as exchange:
+            try:
+                validate_url(url)  # shape (scheme, host, no userinfo); the pool checks addresses
+                response = self.pool.request(
+                    "POST",
+                    url,
+                    body=body,
+                    headers=headers,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(total=self.timeout),
+                )
+            except FetchError as exc:  # refused address or malformed URL: never retried
+                outcome = "retry" if exc.transient else "give_up"
+                return Attempt(at, None, exc.reason, outcome)
+            except urllib3.exceptions.HTTPError as exc:  # refused, reset, late, flooding
+                # Whatever the receiver did wrong, it may do better later: retried.
+                reason = exchange.failure(exc).reason
+                return Attempt(at, None, f"delivery failed: {reason}", "retry")
+            response.close()
         code = response.status
         if 200 <= code < 300:
             return Attempt(at, code, None, "delivered")
@@ -156,8 +166,3 @@ def _retry_after(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:197] + "..."

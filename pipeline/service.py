@@ -24,6 +24,7 @@ from pipeline.csv_input import CsvLimits
 from pipeline.deliveries import Deliveries, parse_schedule
 from pipeline.driver import Driver, lease_owner_id
 from pipeline.fetch import FetchConfig
+from pipeline.hosts import HostPolicy
 from pipeline.links import Links
 from pipeline.nats_publisher import NatsPublisher
 from pipeline.notify import WebhookSender
@@ -35,6 +36,7 @@ from pipeline.sweeper import Sweeper
 from pipeline.tasks import JobSpec
 
 log = logging.getLogger("imagepipe")
+MONGODB_SELECTION_TIMEOUT_MS = 5000
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Services:
         self.driver.stop()
         # Give due deliveries a moment; what is left stays pending in the records.
         self.deliveries.wait_settled(drain_seconds)
-        self.deliveries.stop()
+        self.deliveries.stop(timeout=1.0)  # an attempt stuck past that records itself later
         if self.nats is not None:
             self.nats.close()
         if self.owns_client:
@@ -81,7 +83,14 @@ class Services:
 
 def open_store(settings: Settings) -> tuple[RecordStore, str]:
     if settings.mongodb_uri:
-        store = MongoRecordStore.from_uri(settings.mongodb_uri, settings.mongodb_db)
+        # A server that is down answers uploads with a 503 in seconds, not after
+        # pymongo's 30 s default; a timeout in the URI itself wins.
+        options = (
+            {}
+            if "serverselectiontimeoutms" in settings.mongodb_uri.lower()
+            else {"serverSelectionTimeoutMS": MONGODB_SELECTION_TIMEOUT_MS}
+        )
+        store = MongoRecordStore.from_uri(settings.mongodb_uri, settings.mongodb_db, **options)
         return store, f"records: MongoDB database {settings.mongodb_db!r}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteRecordStore(settings.sqlite_path), (
@@ -125,6 +134,14 @@ def fetch_config(settings: Settings) -> FetchConfig:
     )
 
 
+def host_policy(settings: Settings) -> HostPolicy:
+    return HostPolicy(
+        max_connections=settings.max_connections_per_host,
+        backoff=settings.host_backoff,
+        max_pause=settings.host_pause_max,
+    )
+
+
 def build_services(settings: Settings, *, client: Client | None = None) -> Services:
     """Every component, built and wired but not started (`Services.start()`)."""
     descriptions: dict[str, str] = {}
@@ -144,7 +161,9 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
             fetch=fetch,
             quality=settings.jpeg_quality,
             max_pixels=settings.max_pixels,
+            max_image_memory=settings.max_image_memory,
             fetch_concurrency=settings.fetch_concurrency,
+            hosts=host_policy(settings),
         )
 
     owner = lease_owner_id()
@@ -157,6 +176,7 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
         store,
         sender,
         schedule=parse_schedule(settings.webhook_retry_schedule),
+        concurrency=settings.webhook_concurrency,
         owner=owner,
         lease_seconds=settings.lease_seconds,
     )

@@ -18,6 +18,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 # Short keys can be guessed; 16 characters of token_urlsafe are 96 random bits.
 MIN_API_KEY_CHARS = 16
+# waitress counts its own listening sockets against its connection limit.
+MIN_API_CONNECTION_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,20 @@ class Settings:
     fetch_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
     allow_private_networks: bool = False
 
+    # Memory per image (README "The memory a worker needs"). The transform estimates
+    # from an image's header what decoding, converting and re-encoding it takes, and
+    # refuses it over MAX_IMAGE_MEMORY bytes; 0: 13 bytes per pixel of MAX_PIXELS
+    # (650 MB at the default), derived in pipeline/image_plan.py.
+    max_image_memory: int = 0
+
+    # Politeness to image hosts (README "Politeness to image hosts"), per worker
+    # process: at most MAX_CONNECTIONS_PER_HOST downloads of one host at once; after
+    # a 429 or 503 no download of that host starts for its Retry-After (at most
+    # HOST_PAUSE_MAX seconds), else for HOST_BACKOFF seconds, doubled while it refuses.
+    max_connections_per_host: int = 8
+    host_backoff: float = 1.0
+    host_pause_max: float = 60.0
+
     # Sharing (README "Running several API processes"). An unfinished request is
     # driven by the one process holding its lease in the record store; a process
     # silent for LEASE_SECONDS loses its requests to the others' sweeps (every
@@ -90,6 +106,16 @@ class Settings:
     # request is visible only to the key that made it. repr=False: never logged.
     api_keys: str = field(default="", repr=False)
 
+    # API connections (README "Protecting the API", "Behind a reverse proxy").
+    # waitress keeps every open connection in one event loop and stops accepting
+    # at API_CONNECTION_LIMIT; it closes a connection that sent and received
+    # nothing for API_CHANNEL_TIMEOUT seconds (whole seconds: waitress's unit), and
+    # runs the requests themselves on API_THREADS threads. api/connections.py
+    # explains the defaults.
+    api_connection_limit: int = 2000
+    api_channel_timeout: int = 15
+    api_threads: int = 8
+
     # Notifications (README "Webhooks and NATS for receivers")
     webhook_url: str = ""
     webhook_timeout: float = 10.0
@@ -97,6 +123,9 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     # Seconds before each retry (jittered); after the last, the delivery is "failed".
     webhook_retry_schedule: str = "5,30,120,600,1800,3600"
+    # Webhook attempts at once (at most one per receiver host), so a slow receiver
+    # holds one slot and never delays the others' webhooks.
+    webhook_concurrency: int = 8
     nats_url: str = ""  # e.g. nats://127.0.0.1:4222; empty: no NATS
     nats_subject: str = "images.request.completed"
 
@@ -141,6 +170,12 @@ class Settings:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or more")
         if self.max_batches_in_flight < 0:
             raise ConfigError("MAX_BATCHES_IN_FLIGHT must be 0 (automatic) or more")
+        if self.max_image_memory < 0:
+            raise ConfigError("MAX_IMAGE_MEMORY must be 0 (derived from MAX_PIXELS) or more")
+        if self.max_connections_per_host < 1:
+            raise ConfigError("MAX_CONNECTIONS_PER_HOST must be at least 1")
+        if self.host_backoff < 0 or self.host_pause_max < 0:
+            raise ConfigError("HOST_BACKOFF and HOST_PAUSE_MAX must be 0 or more")
         self._validate_api_protection()
         try:
             delays = [float(p) for p in self.webhook_retry_schedule.split(",") if p.strip()]
@@ -150,11 +185,18 @@ class Settings:
             raise ConfigError(
                 "WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 5,30,120"
             )
+        if self.webhook_concurrency < 1:
+            raise ConfigError("WEBHOOK_CONCURRENCY must be at least 1")
 
     def _validate_api_protection(self) -> None:
         for name in ("max_upload_bytes", "max_rows", "max_urls"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be at least 1")
+        for name in ("api_channel_timeout", "api_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
+        if self.api_connection_limit < MIN_API_CONNECTION_LIMIT:
+            raise ConfigError(f"API_CONNECTION_LIMIT must be at least {MIN_API_CONNECTION_LIMIT}")
         if self.rate_limit_per_minute < 0:
             raise ConfigError("RATE_LIMIT_PER_MINUTE must be 0 (no limit) or more")
         if self.rate_limit_per_minute and self.rate_limit_burst < 1:

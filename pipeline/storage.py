@@ -8,8 +8,10 @@ task is cheap.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -21,6 +23,13 @@ from fsspec.core import url_to_fs
 from pipeline.errors import ConfigError, StorageError
 
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+# The only objects anyone with a link may read: output images (models.output_key).
+# A request's input CSV, manifest and output CSV stay private: the API serves the
+# output CSV to the request's owner (API_KEYS). With OUTPUT_URL_MODE=public the
+# bucket grants anonymous reads on this pattern only (`public_read_policy`); S3
+# and MinIO match "*" anywhere in a resource ARN, "/" included.
+PUBLIC_KEY_PATTERN = "requests/*/images/*"
 
 
 @dataclass(frozen=True)
@@ -77,13 +86,41 @@ class Storage:
             raise StorageError(f"could not write {key}: {exc}") from exc
 
     def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
-        """Write a large object without holding it in memory."""
+        """Write a large object without holding it in memory.
+
+        Whole or not at all: written under a temporary name and moved into place,
+        so a full disk or a failing `chunks` midway never leaves a truncated
+        object under `key` (a reader would take it for the real one).
+        """
+        partial = f"{key}.partial-{uuid.uuid4().hex}"
         try:
-            with self.open(key, "wb") as fh:
+            with self.open(partial, "wb") as fh:
                 for chunk in chunks:
                     fh.write(chunk)
+            self.move(partial, key)
+        except BaseException as exc:
+            with contextlib.suppress(StorageError):
+                self.delete(partial)
+            if isinstance(exc, OSError):
+                raise StorageError(f"could not write {key}: {exc}") from exc
+            raise
+
+    def delete(self, key: str) -> None:
+        """Remove one object; one that is not there is not an error."""
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            return
         except OSError as exc:
-            raise StorageError(f"could not write {key}: {exc}") from exc
+            raise StorageError(f"could not delete {key}: {exc}") from exc
+
+    def probe(self) -> None:
+        """Write and remove a small object under a fresh name: StorageError when the
+        storage is gone, full or read-only. (A fresh name, since rewriting one
+        object frees its space first and would succeed on a full disk.)"""
+        key = f"health/probe-{uuid.uuid4().hex}"
+        self.put(key, b"ok\n")
+        self.delete(key)
 
     def get(self, key: str) -> bytes:
         try:
@@ -94,9 +131,15 @@ class Storage:
             raise StorageError(f"could not read {key}: {exc}") from exc
 
     def open(self, key: str, mode: str = "rb") -> IO[bytes]:
-        if "w" in mode and self.is_local:
-            self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
-        return self.fs.open(self.path(key), mode)
+        """FileNotFoundError for a missing object; StorageError when the storage fails."""
+        try:
+            if "w" in mode and self.is_local:
+                self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
+            return self.fs.open(self.path(key), mode)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"could not open {key}: {exc}") from exc
 
     def move(self, source: str, target: str) -> None:
         """Rename an object (atomic on local files; copy then delete on object stores,
@@ -184,3 +227,31 @@ def storage_config(
         url_mode=url_mode,
         presign_expires=presign_expires,
     )
+
+
+def public_read_policy(storage_url: str) -> dict[str, Any]:
+    """The bucket policy for OUTPUT_URL_MODE=public: anyone may read output images, nothing else.
+
+    Put it on the bucket of STORAGE_URL (README "Output URLs on S3");
+    docker-compose.yml puts the same one on its MinIO bucket. No listing is
+    granted, so a link to one image reveals no other object.
+    """
+    scheme, _, location = storage_url.partition("://")
+    bucket, _, prefix = location.strip("/").partition("/")
+    if scheme not in ("s3", "s3a") or not bucket:
+        raise ConfigError(
+            f"a bucket policy needs s3://bucket[/prefix] storage, not {storage_url!r}"
+        )
+    keys = f"{prefix}/{PUBLIC_KEY_PATTERN}" if prefix else PUBLIC_KEY_PATTERN
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "PublicReadOutputImages",
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/{keys}"],
+            }
+        ],
+    }

@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline import manifest
 from pipeline.csv_input import CsvLimits, parse_products
 from pipeline.errors import FetchError, ImageRejected, StorageError
 from pipeline.fetch import FetchConfig, Fetcher
+from pipeline.hosts import HostPolicy, limiter_for
 from pipeline.models import ImageItem, ImageResult, image_items, output_key
 from pipeline.storage import Storage, StorageConfig, storage_for
 from pipeline.transform import compress
@@ -36,7 +37,9 @@ class JobSpec:
     fetch: FetchConfig
     quality: int = 50
     max_pixels: int = 50_000_000
+    max_image_memory: int = 0  # 0: the budget image_plan derives from max_pixels
     fetch_concurrency: int = 16
+    hosts: HostPolicy = field(default_factory=HostPolicy)
 
 
 def input_csv_key(request_id: str) -> str:
@@ -88,7 +91,9 @@ def process_batch(
     cancelled = CancelCheck(storage, spec.request_id)
     if cancelled():
         return []
-    fetcher = Fetcher(spec.fetch)
+    # Every attempt of every download goes through the process's per-host limiter,
+    # shared with the other batches this worker runs at the same time.
+    fetcher = Fetcher(spec.fetch, host_gate=limiter_for(spec.hosts).slot)
     # Downloads overlap (network latency hidden); compression happens here, in
     # the task's thread, so CPU parallelism stays what the worker was sized for.
     with ThreadPoolExecutor(max_workers=min(spec.fetch_concurrency, len(items))) as pool:
@@ -154,7 +159,12 @@ def _finish(
     if isinstance(downloaded, FetchError):
         return failed(f"download failed: {downloaded.reason}")
     try:
-        image = compress(downloaded, quality=spec.quality, max_pixels=spec.max_pixels)
+        image = compress(
+            downloaded,
+            quality=spec.quality,
+            max_pixels=spec.max_pixels,
+            max_memory=spec.max_image_memory or None,
+        )
     except ImageRejected as exc:
         return failed(exc.reason, len(downloaded))
     key = output_key(spec.request_id, item.row, item.position)

@@ -9,7 +9,8 @@ decompression-bomb threshold, corrupt EXIF). We do not silence them here:
 `warnings.catch_warnings` swaps process-wide state and is not thread-safe before
 Python 3.14. Where a filter turns them into errors (as the test suite does) they
 become an `ImageRejected` like any other decoding failure; otherwise Python logs
-them once and our own pixel limit, checked before decoding, still applies.
+them once and our own limits (pixels, sides, memory), checked before decoding,
+still apply.
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ import io
 from dataclasses import dataclass
 from typing import cast
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
+from pipeline import image_plan
 from pipeline.errors import ImageRejected
+from pipeline.image_plan import Header, Route
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_HIGH_DEPTH_GREY = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # The ICC colour-space signature (header bytes 16-20) that fits each output mode.
 _ICC_SPACE = {"RGB": b"RGB ", "L": b"GRAY"}
 _SIGNATURES = {
@@ -47,38 +58,65 @@ class Compressed:
     source_mode: str
 
 
-def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000) -> Compressed:
+def compress(
+    data: bytes,
+    *,
+    quality: int = 50,
+    max_pixels: int = 50_000_000,
+    max_memory: int | None = None,
+) -> Compressed:
     """Decode `data` (format sniffed, never trusted), make it upright, RGB or L, and JPEG it.
 
     Metadata is dropped (EXIF and so GPS, XMP, comments); only an ICC profile that
     still describes the output pixels is kept. Raises `ImageRejected` for bytes that
-    are not a complete, supported image of at most `max_pixels` pixels.
+    are not a complete, supported image of at most `max_pixels` pixels whose sides
+    fit a JPEG and whose conversion needs at most `max_memory` bytes (default: the
+    budget `image_plan` derives from `max_pixels`); all three are judged from the
+    header, before any pixel is decoded.
     """
     # Bad settings are the caller's bug, not the image's: don't record them per image.
     if not 1 <= quality <= 95:
         raise ValueError(f"JPEG quality must be 1..95, got {quality}")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if max_memory is None:
+        max_memory = image_plan.default_memory_budget(max_pixels)
+    if max_memory < 1:
+        raise ValueError(f"max_memory must be positive, got {max_memory}")
     if not data:
         raise ImageRejected("empty file (0 bytes)")
+
+    def check(header: Header) -> None:
+        if reason := image_plan.refusal(header, max_pixels=max_pixels, max_memory=max_memory):
+            raise ImageRejected(reason)
+
     source_format = _sniff(data) or "image"  # for the reason, if even the header is bad
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as im:
             source_format, source_mode = im.format or "image", im.mode
-            width, height = im.size
             # Only the header has been read so far, so a bomb costs nothing yet.
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"image is {width}x{height} = {width * height} pixels, "
-                    f"over the limit of {max_pixels}"
-                )
+            check(_header(im, data, decoded=False))
             im.load()  # decode everything now: truncated data fails here, not later
-            ImageOps.exif_transpose(im, in_place=True)  # `im` is ours; the input is untouched
-            out, icc = _to_jpeg_mode(im)
+            # Decoding can reveal an EXIF rotation (a PNG's eXIf chunk may follow
+            # its pixels): judge the conversions by what is known now.
+            header = _header(im, data, decoded=True)
+            check(header)
+            route = image_plan.route(header)
+            icc = im.info.get("icc_profile") or None
+            out = _convert(im, route, icc)
+            if out is not im:
+                im.close()  # release the decoded pixels before the next copy
+            out = _turn(out, header.orientation)
+            # CMYK converted through its profile is sRGB: left untagged, as browsers
+            # read untagged JPEGs, which also saves the profile's bytes.
+            keep_icc = route.name != "CMYK to RGB" and _describes(icc, out.mode)
+            encoded = _encode(out, quality, icc if keep_icc else None)
+            width, height = out.size
+            out.close()
             return Compressed(
-                data=_encode(out, quality, icc),
-                width=out.width,
-                height=out.height,
+                data=encoded,
+                width=width,
+                height=height,
                 source_format=source_format,
                 source_mode=source_mode,
             )
@@ -99,38 +137,103 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000) ->
         raise ImageRejected(f"cannot decode {source_format} data: {detail}") from exc
 
 
-def _to_jpeg_mode(im: Image.Image) -> tuple[Image.Image, bytes | None]:
-    """Convert to RGB or L for JPEG; return the ICC profile to embed, if any."""
-    icc = im.info.get("icc_profile") or None
-    mode = im.mode
-    if mode == "CMYK":
-        # Converted through the source profile, the pixels are sRGB. We embed no
-        # profile: untagged JPEGs are read as sRGB by browsers, and leaving it out
-        # saves a few hundred bytes per image.
-        return _cmyk_to_rgb(im, icc), None
-    if mode in _ALPHA_MODES or "transparency" in im.info:
-        out = _flatten_on_white(im)
-    elif mode in ("RGB", "L"):
-        out = im
-    elif mode == "1":
-        out = im.convert("L")
-    elif mode in _HIGH_DEPTH_GREY:
-        out = _grey_to_8bit(im)
-    else:  # P without transparency, YCbCr, HSV...
-        out = im.convert("RGB")
+def _header(im: Image.Image, data: bytes, *, decoded: bool) -> Header:
+    """What `image_plan` needs to know of `im`, read without decoding its pixels."""
+    fmt = im.format or "image"
+    palette = im.palette if im.mode == "P" else None
+    return Header(
+        format=fmt,
+        mode=im.mode,
+        width=im.width,
+        height=im.height,
+        input_bytes=len(data),
+        transparency="transparency" in im.info,
+        palette_rgb=palette is not None and palette.mode == "RGB",
+        orientation=_orientation(im, decoded=decoded),
+        jpeg_sampling=tuple((h, v) for _, h, v, _ in getattr(im, "layer", ())),
+        jpeg_all_coefficients=fmt == "JPEG" and image_plan.jpeg_holds_all_coefficients(data),
+        stored_bits_per_pixel=_stored_bits_per_pixel(im) if fmt == "TIFF" else 0,
+        run_length=fmt == "BMP" and im.info.get("compression") in (1, 2),  # RLE8, RLE4
+    )
+
+
+def _orientation(im: Image.Image, *, decoded: bool) -> int:
+    # A PNG may keep its EXIF after the pixels, and Pillow decodes the whole
+    # image to find it: before decoding, take it as upright and ask again after.
+    if not decoded and im.format == "PNG" and "exif" not in im.info:
+        return 1
+    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)  # EXIF, else XMP
+    return orientation if orientation in _TURNS else 1
+
+
+def _convert(im: Image.Image, route: Route, icc: bytes | None) -> Image.Image:
+    """The decoded image as RGB or L, by `route`; `im` itself when it already is."""
+    match route.name:
+        case "as is":
+            return im
+        case "CMYK to RGB":
+            return _cmyk_to_rgb(im, icc)
+        case "flatten RGBA" | "flatten LA":
+            return _paste_on_white(im, route.output_mode)
+        case "flatten palette":
+            return _flatten_palette(im)
+        case "flatten via RGBA":
+            # convert("RGBA") also turns tRNS / palette transparency into real alpha.
+            rgba = im.convert("RGBA")
+            flat = _paste_on_white(rgba, "RGB")
+            rgba.close()
+            if route.output_mode == "RGB":
+                return flat
+            grey = flat.convert("L")
+            flat.close()
+            return grey
+        case "bilevel to grey":
+            return im.convert("L")
+        case "16-bit grey to 8" | "wide grey to 8":
+            return _grey_to_8bit(im)
+        case "to RGB":  # P without transparency, YCbCr, HSV...
+            return im.convert("RGB")
+
+
+def _describes(icc: bytes | None, mode: str) -> bool:
     # Flattening and palette expansion don't change the colour space, so an RGB
-    # or grey profile still describes `out` when its space matches the output mode.
-    keep = icc is not None and len(icc) >= 128 and icc[16:20] == _ICC_SPACE[out.mode]
-    return out, icc if keep else None
+    # or grey profile still describes the output when its space matches its mode.
+    return icc is not None and len(icc) >= 128 and icc[16:20] == _ICC_SPACE[mode]
 
 
-def _flatten_on_white(im: Image.Image) -> Image.Image:
-    # convert("RGBA") also turns tRNS / palette transparency into real alpha.
-    rgba = im.convert("RGBA")
-    out = Image.new("RGB", im.size, (255, 255, 255))
-    # Pasting through the alpha mask onto an opaque background is "over" compositing.
-    out.paste(rgba, mask=rgba.getchannel("A"))
-    return out.convert("L") if im.mode in ("L", "LA", "La") else out
+def _paste_on_white(im: Image.Image, mode: str) -> Image.Image:
+    out = Image.new(mode, im.size, 255 if mode == "L" else (255, 255, 255))
+    # Pasting through its own alpha onto an opaque background is "over"
+    # compositing; `mask=im` uses the alpha band in place, with no copy of it.
+    out.paste(im, mask=im)
+    return out
+
+
+def _flatten_palette(im: Image.Image) -> Image.Image:
+    """Composite the palette's colours onto white, then expand: no RGBA copy needed."""
+    colours = im.getpalette("RGB") or []
+    count = len(colours) // 3
+    transparency = im.info.pop("transparency")  # `im` is ours; the input is untouched
+    if isinstance(transparency, int):
+        alphas = [0 if index == transparency else 255 for index in range(count)]
+    else:  # PNG tRNS: one alpha per entry, the rest opaque
+        alphas = [*transparency[:count], *[255] * (count - len(transparency))]
+    flat = [
+        (colour * alpha + 255 * (255 - alpha) + 127) // 255
+        for index, alpha in enumerate(alphas)
+        for colour in colours[3 * index : 3 * index + 3]
+    ]
+    im.putpalette(flat, "RGB")
+    return im.convert("RGB")
+
+
+def _turn(im: Image.Image, orientation: int) -> Image.Image:
+    """Apply the EXIF orientation to the converted image (the smaller copy for most)."""
+    if (method := _TURNS.get(orientation)) is None:
+        return im
+    turned = im.transpose(method)
+    im.close()
+    return turned
 
 
 def _grey_to_8bit(im: Image.Image) -> Image.Image:
@@ -161,6 +264,17 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # an unusable profile should not cost the image; use Pillow's formula
     return im.convert("RGB")
+
+
+def _stored_bits_per_pixel(im: Image.Image) -> int:
+    """Bits per pixel of the buffer libtiff decodes a strip or tile into."""
+    tags = getattr(im, "tag_v2", {})
+    if tags.get(262) == 6:  # PhotometricInterpretation YCbCr: read out as RGBA
+        return 32
+    bits = tags.get(258, (1,))  # BitsPerSample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    samples = int(tags.get(277, len(bits)))  # SamplesPerPixel
+    return sum(bits) if len(bits) == samples else int(bits[0]) * samples
 
 
 def _encode(im: Image.Image, quality: int, icc: bytes | None) -> bytes:

@@ -170,6 +170,68 @@ def png_grey16() -> bytes:
 
 
 @lru_cache
+def png_la() -> bytes:
+    """Grey with alpha (mode LA), the same transparent band and 50% square as png_rgba."""
+    rgba = Image.open(io.BytesIO(png_rgba()))
+    grey = rgba.convert("L")
+    grey.putalpha(rgba.getchannel("A"))
+    return _save(grey, "PNG", compress_level=1)
+
+
+@lru_cache
+def png_rgba16() -> bytes:
+    """16 bits a sample RGBA (Pillow decodes it to 8-bit RGBA), alpha as in png_rgba.
+
+    Written by hand: Pillow cannot save 16-bit colour PNGs.
+    """
+    rgba = Image.open(io.BytesIO(png_rgba())).tobytes()
+    wide = bytearray(2 * len(rgba))
+    wide[0::2] = wide[1::2] = rgba  # v * 257: the same value on the 16-bit scale
+    stride = 8 * W
+    rows = b"".join(b"\x00" + wide[y * stride : (y + 1) * stride] for y in range(H))
+    ihdr = struct.pack(">IIBBBBB", W, H, 16, 6, 0, 0, 0)  # 16-bit RGBA
+    return _png(_chunk(b"IHDR", ihdr), _chunk(b"IDAT", zlib.compress(rows, 1)))
+
+
+@lru_cache
+def png_palette_alpha() -> bytes:
+    """Mode P whose tRNS gives entry 0 (black) 50% alpha: the top band is mid grey on white."""
+    im = _photo().quantize(63, method=Image.Quantize.FASTOCTREE)
+    palette = (im.getpalette() or [])[: 63 * 3]
+    im.putpalette([0, 0, 0, *palette[3:]])  # entry 0: black
+    ImageDraw.Draw(im).rectangle((0, 0, W - 1, MARKER - 1), fill=0)
+    return _save(im, "PNG", transparency=bytes([128] + [255] * 62))
+
+
+@lru_cache
+def jpeg_progressive() -> bytes:
+    return _save(_photo(), "JPEG", quality=95, progressive=True)
+
+
+@lru_cache
+def jpeg_oriented(orientation: int) -> bytes:
+    """A photo with a red square top-left as displayed, stored for EXIF `orientation`."""
+    displayed = _photo((W, H), seed=3).copy()
+    ImageDraw.Draw(displayed).rectangle((0, 0, MARKER - 1, MARKER - 1), fill=RED)
+    # Each orientation names the turn that displays the stored image; store the
+    # displayed one turned back.
+    undo = {
+        1: None,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }[orientation]
+    stored = displayed if undo is None else displayed.transpose(undo)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _save(stored, "JPEG", quality=95, exif=exif)
+
+
+@lru_cache
 def bmp() -> bytes:
     return _save(_photo(), "BMP")
 
@@ -234,6 +296,67 @@ def _chunk(kind: bytes, body: bytes = b"") -> bytes:
 def decompression_bomb() -> bytes:
     """9000x9000 = 81 Mpx: over the default 50 Mpx limit, under Pillow's own warning."""
     return png_bomb(9000, 9000)
+
+
+# --- big and oddly shaped images: memory and side limits --------------------------
+
+# PNG colour types -> samples per pixel.
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def png_stripes(
+    width: int,
+    height: int,
+    colour_type: int = 6,
+    bit_depth: int = 8,
+    *,
+    before_pixels: bytes = b"",
+    after_pixels: bytes = b"",
+) -> bytes:
+    """A valid PNG of vertical stripes, any size, small on disk and cheap to build.
+
+    The first row holds the stripes; every other row is "same as above" (PNG's Up
+    filter with zero differences), so even 7070x7070 RGBA is ~200 KB and is
+    built row by row, never held decoded. `before_pixels` and `after_pixels` are
+    extra chunks (`png_chunk`) around the pixel data. Colour type 6 is RGBA, 2 RGB,
+    4 grey with alpha, 0 grey, 3 palette (give PLTE in `before_pixels`).
+    """
+    row_bytes = (width * _PNG_SAMPLES[colour_type] * bit_depth + 7) // 8
+    deflate = zlib.compressobj(9)
+    stripes = bytes((i * 7) % 251 for i in range(min(row_bytes, 1 << 16)))
+    idat = bytearray(deflate.compress(b"\x00" + stripes))
+    zeros = bytes(min(row_bytes, 1 << 22))
+    for start in range(len(stripes), row_bytes, len(zeros)):  # a very wide first row
+        idat += deflate.compress(zeros[: row_bytes - start])
+    if height > 1:
+        same = b"\x02" + bytes(row_bytes)
+        per_call = max(1, 4_000_000 // len(same))
+        for start in range(1, height, per_call):
+            idat += deflate.compress(same * min(per_call, height - start))
+    idat += deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    pixels = _chunk(b"IDAT", bytes(idat))
+    return _png(_chunk(b"IHDR", ihdr), before_pixels, pixels, after_pixels)
+
+
+def png_chunk(kind: bytes, body: bytes = b"") -> bytes:
+    return _chunk(kind, body)
+
+
+def exif_orientation_chunk(orientation: int) -> bytes:
+    """A PNG eXIf chunk holding only an EXIF orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _chunk(b"eXIf", exif.tobytes().removeprefix(b"Exif\x00\x00"))
+
+
+def png_wide() -> bytes:
+    """49,900,000 x 1 RGB: under 50 MP, but no JPEG can be that wide (~0.6 MB on disk)."""
+    return png_stripes(49_900_000, 1, 2)
+
+
+def _png(*chunks: bytes) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks) + _chunk(b"IEND")
 
 
 # --- colour profiles --------------------------------------------------------------
@@ -364,6 +487,10 @@ GOOD: dict[str, Expect] = {
     "gif": Expect((W, H), "RGB", "GIF"),
     "webp": Expect((W, H), "RGB", "WEBP"),
     "png_grey16": Expect((W, H), "L", "PNG"),
+    "png_la": Expect((W, H), "L", "PNG"),
+    "png_rgba16": Expect((W, H), "RGB", "PNG"),
+    "png_palette_alpha": Expect((W, H), "RGB", "PNG"),
+    "jpeg_progressive": Expect((W, H), "RGB", "JPEG"),
     "bmp": Expect((W, H), "RGB", "BMP"),
     "tiff": Expect((W, H), "RGB", "TIFF"),
 }

@@ -37,12 +37,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Base:
+    server_class: type[ThreadingHTTPServer] = _Server
+
     def __init__(self, handler: type[BaseHTTPRequestHandler]):
         self.handler = handler
         self._listen(0)
 
     def _listen(self, port: int) -> None:
-        self.server = _Server(("127.0.0.1", port), self.handler)
+        self.server = self.server_class(("127.0.0.1", port), self.handler)
         self.server.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

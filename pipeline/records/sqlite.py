@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -149,6 +150,8 @@ class SqliteRecordStore:
         # (thread, its connection, held while that thread uses the connection)
         self._connections: list[tuple[threading.Thread, sqlite3.Connection, threading.RLock]] = []
         self._closed = False
+        # (device, inode) of the file opened here; set by the first connection.
+        self._identity: tuple[int, int] | None = None
         with _wrap_errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
@@ -554,9 +557,17 @@ class SqliteRecordStore:
             self._local.busy = threading.RLock()
             # isolation_level=None: we issue BEGIN ourselves. check_same_thread=False
             # only so close() and the reaper below can close another thread's connection.
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            options = {"timeout": self.busy_timeout, "isolation_level": None}
+            if self._identity is None:  # the first connection: creates the file if need be
+                conn = sqlite3.connect(self.path, check_same_thread=False, **options)
+                self._identity = _file_identity(self.path)
+            else:
+                # The file this store opened, before and after: so this connection is
+                # to it. mode=rw: a missing file is an error, not a new empty database.
+                self._check_file()
+                uri = f"{self.path.absolute().as_uri()}?mode=rw"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, **options)
+                self._check_file()
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             # NORMAL is durable in WAL mode except for the last commits on power loss.
@@ -577,6 +588,7 @@ class SqliteRecordStore:
         with _wrap_errors():
             conn = self._conn()
             with self._local.busy:
+                self._check_file()
                 return conn.execute(sql, params).fetchall()
 
     @contextmanager
@@ -595,6 +607,7 @@ class SqliteRecordStore:
         with _wrap_errors():
             conn = self._conn()
             with self._local.busy:
+                self._check_file()
                 conn.execute(begin)
                 try:
                     yield conn
@@ -604,6 +617,40 @@ class SqliteRecordStore:
                     if conn.in_transaction:
                         conn.rollback()
                     raise
+                # Again after the commit: a write that went into a file deleted or
+                # replaced meanwhile is lost with it, so the caller must not count on it.
+                self._check_file()
+
+    def _check_file(self) -> None:
+        """RecordStoreError unless `path` is still the file this store opened.
+
+        SQLite's connections hold the file open, so they go on reading and writing
+        one deleted or replaced under them, and nobody will ever read that again:
+        uploads would be accepted into nothing. The file is compared by device and
+        inode (a stat per statement, about a microsecond). A file moved away and
+        back is the same file and works again at once. A different file at the
+        path is not adopted while the process runs: it is another database (the
+        requests driven here and their leases are not in it), and SQLite finds a
+        database's write-ahead log by name (`records.db-wal`): the old file's log,
+        still in use here and left behind even after its connections close, would
+        be replayed into the new file. A restart after a deletion starts a new,
+        empty database (SQLite ignores a log next to an empty file).
+        """
+        current = _file_identity(self.path)
+        if current is not None and current == self._identity:
+            return
+        if current is None:
+            raise RecordStoreError(
+                f"the SQLite file {self.path} is gone (deleted or moved away) while this "
+                "process had it open; put the same file back, or restart the service to "
+                "start a new, empty one"
+            )
+        raise RecordStoreError(
+            f"the SQLite file {self.path} was replaced while this process had it open; to "
+            f"use the new one, stop the service, remove {self.path.name}-wal and "
+            f"{self.path.name}-shm (the old file's log: SQLite would apply it to the new "
+            "file), and start it again"
+        )
 
     @staticmethod
     def _require(conn: sqlite3.Connection, request_id: str) -> None:
@@ -644,6 +691,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RecordStoreError(f"cannot reach the SQLite file {path}: {exc}") from exc
+    return stat.st_dev, stat.st_ino
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import random
 import threading
@@ -127,11 +128,13 @@ def test_scheduler_away_longer_than_the_client_reconnects(
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
         for name in ["scheduler", "w1", "w2"]:
             cluster.kill(name)
-        # The health check keeps answering while the client has given up.
+        # The health check keeps answering while the client has given up: 503, naming dask.
         eventually(
-            lambda: service.get_json("/health")["dask"]["status"] == "closed",
+            lambda: json.loads(service.get("/health").data)["dask"]["status"] == "closed",
             "the API's Dask client gave up reconnecting",
         )
+        unhealthy = service.get("/health")
+        assert (unhealthy.status, json.loads(unhealthy.data)["failing"]) == (503, ["dask"])
         cluster.start()
 
         # The runner connected a new client: the request finished, nothing redone...

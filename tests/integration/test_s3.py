@@ -13,10 +13,11 @@ import re
 
 import boto3
 import pytest
+import urllib3
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from pipeline.storage import Storage, storage_config
+from pipeline.storage import Storage, public_read_policy, storage_config
 from tests import imagefactory as images
 from tests.integration.service import Service
 from tests.servers import free_port
@@ -52,6 +53,19 @@ def s3_storage(endpoint: str, bucket: str, **kwargs) -> Storage:
     return Storage(storage_config(f"s3://{bucket}/outputs", "", endpoint, **kwargs))
 
 
+def anonymous_get(url: str) -> urllib3.BaseHTTPResponse:
+    """What anyone who learns a URL can do: a GET without credentials or signature."""
+    return urllib3.request("GET", url, retries=False, timeout=10)
+
+
+def apply_documented_policy(endpoint: str, bucket: str) -> None:
+    """The bucket policy the README gives for OUTPUT_URL_MODE=public (compose sets it too)."""
+    policy = public_read_policy(f"s3://{bucket}/outputs")
+    boto3.client("s3", endpoint_url=endpoint).put_bucket_policy(
+        Bucket=bucket, Policy=json.dumps(policy)
+    )
+
+
 def test_storage_round_trip_and_urls(s3_endpoint, bucket):
     storage = s3_storage(s3_endpoint, bucket)
     assert not storage.is_local
@@ -68,25 +82,39 @@ def test_storage_round_trip_and_urls(s3_endpoint, bucket):
     assert "X-Amz-Signature=" in url and "X-Amz-Expires=600" in url
 
 
+def test_the_documented_policy_makes_only_output_images_public(s3_endpoint, bucket):
+    storage = s3_storage(s3_endpoint, bucket)
+    rid = "0123456789abcdef0123456789abcdef"
+    public = [f"requests/{rid}/images/0000000-000.jpg", f"requests/{rid}/images/0000012-003.jpg"]
+    private = [
+        f"requests/{rid}/input.csv",
+        f"requests/{rid}/manifest.parquet",
+        f"requests/{rid}/output.csv",
+        f"requests/{rid}/cancelled",
+    ]
+    for key in public + private:
+        storage.put(key, b"bytes")
+    # Beside the storage prefix: not ours to publish, even under the same layout.
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(
+        Bucket=bucket, Key=f"elsewhere/requests/{rid}/images/0000000-000.jpg", Body=b"bytes"
+    )
+    apply_documented_policy(s3_endpoint, bucket)
+
+    for key in public:
+        response = anonymous_get(storage.url(key))
+        assert response.status == 200 and response.data == b"bytes", key
+    for key in private:
+        assert anonymous_get(storage.url(key)).status == 403, key
+    outside = f"{s3_endpoint}/{bucket}/elsewhere/requests/{rid}/images/0000000-000.jpg"
+    assert anonymous_get(outside).status == 403
+
+
 @pytest.mark.parametrize("url_mode", ["public", "presigned"])
 def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, url_mode):
     if url_mode == "public":
-        # Public output URLs need a bucket that lets anyone read outputs (compose does
-        # the same for MinIO); presigned URLs work on a private bucket.
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": "s3:GetObject",
-                    "Resource": f"arn:aws:s3:::{bucket}/outputs/*",
-                }
-            ],
-        }
-        boto3.client("s3", endpoint_url=s3_endpoint).put_bucket_policy(
-            Bucket=bucket, Policy=json.dumps(policy)
-        )
+        # Public output URLs need a bucket that lets anyone read output images (compose
+        # sets the same policy on MinIO); presigned URLs work on a private bucket.
+        apply_documented_policy(s3_endpoint, bucket)
     service = Service(
         tmp_path / "data",
         STORAGE_URL=f"s3://{bucket}/outputs",
@@ -136,6 +164,13 @@ def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, u
             assert fetched.status == 200
             with Image.open(io.BytesIO(fetched.data)) as out:
                 assert out.format == "JPEG"
+            if url_mode == "presigned":
+                assert anonymous_get(url.partition("?")[0]).status == 403  # unsigned
+        # The request's own files are not for whoever learns an image link: the input
+        # CSV, the manifest and the output CSV (the API serves that one, to its owner).
+        for name in ("input.csv", "manifest.parquet", "output.csv"):
+            response = anonymous_get(f"{s3_endpoint}/{bucket}/{prefix}/{name}")
+            assert response.status == 403, (name, response.status)
         # Local media route is not served for remote storage.
         media = service.get(f"/media/requests/{request_id}/images/0000000-000.jpg")
         assert media.status == 404

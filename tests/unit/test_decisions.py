@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline.completion import final_status
-from pipeline.deliveries import KEEP_ATTEMPTS, next_state
+from pipeline.deliveries import KEEP_ATTEMPTS, next_start, next_state, receiver_host
 from pipeline.models import Counters, RequestStatus, iso
 from pipeline.notify import Attempt
 
@@ -84,3 +84,42 @@ def test_only_the_latest_attempts_are_kept():
     after = next_state(state, attempt("retry", 500), (1.0,) * 30, NOW, 0.5)
     assert len(after["attempts"]) == KEEP_ATTEMPTS and after["attempts"][0] == {"n": 1}
     assert after["attempt_count"] == 21
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://Hooks.Example.COM/x?y=1", "hooks.example.com"),
+        ("https://hooks.example.com:8443/a", "hooks.example.com"),  # a port is the same host
+        ("http://hooks.example.com./b", "hooks.example.com"),
+        ("http://[::1]:9000/hook", "::1"),
+        ("http://127.0.0.1:9000/hook", "127.0.0.1"),
+    ],
+)
+def test_receiver_host_is_the_name_whatever_the_port_or_case(url, host):
+    assert receiver_host(url) == host
+
+
+SECOND = timedelta(seconds=1)
+
+
+def test_the_earliest_due_delivery_starts_first():
+    heads = {"a.test": NOW - SECOND, "b.test": NOW - 2 * SECOND, "c.test": NOW + SECOND}
+    assert next_start(heads, set(), 8, NOW) == ("b.test", None)
+
+
+def test_a_busy_host_waits_and_the_others_go_in_due_order():
+    heads = {"slow.test": NOW - 2 * SECOND, "b.test": NOW - SECOND}
+    assert next_start(heads, {"slow.test"}, 8, NOW) == ("b.test", None)
+    # Only the busy host has due work: nothing starts until its attempt ends.
+    assert next_start({"slow.test": NOW - SECOND}, {"slow.test"}, 8, NOW) == (None, None)
+
+
+def test_nothing_starts_without_a_free_slot():
+    assert next_start({"a.test": NOW - SECOND}, {"b.test"}, 0, NOW) == (None, None)
+
+
+def test_a_delivery_not_yet_due_says_when_to_look_again():
+    heads = {"a.test": NOW + 3 * SECOND, "b.test": NOW + SECOND, "busy.test": NOW}
+    assert next_start(heads, {"busy.test"}, 8, NOW) == (None, NOW + SECOND)
+    assert next_start({}, set(), 8, NOW) == (None, None)

@@ -37,6 +37,12 @@ def resolver(*addresses):
         "::127.0.0.1",
         "64:ff9b::7f00:1",
         "64:ff9b::a9fe:a9fe",
+        # IPv4-translated (::ffff:0:0:0/96): the metadata address, loopback, private.
+        "::ffff:0:a9fe:a9fe",
+        "::ffff:0:169.254.169.254",
+        "::ffff:0:7f00:1",
+        "::ffff:0:a00:1",
+        "::ffff:0:0:0",
         "2002:7f00:1::",
         "2002:a9fe:a9fe::",
         "fec0::1",
@@ -56,10 +62,21 @@ def test_non_public_addresses(address):
         "2606:2800:220:1:248:1893:25c8:1946",
         "::ffff:93.184.216.34",
         "64:ff9b::5db8:d822",  # NAT64 of a public address
+        "::ffff:0:5db8:d822",  # IPv4-translated public address: judged by the IPv4 too
     ],
 )
 def test_public_addresses(address):
     assert is_public_address(address)
+
+
+def test_translated_metadata_address_refused_when_a_host_resolves_to_it():
+    def resolve(host, port, type=0):
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::ffff:0:a9fe:a9fe", port, 0, 0))]
+
+    with pytest.raises(AddressRefused, match=r"non-public address ::ffff:0:a9fe:a9fe"):
+        check_url("http://images.example.com/a.jpg", allow_private=False, resolve=resolve)
+    with pytest.raises(AddressRefused, match="non-public"):
+        check_url("http://[::ffff:0:a9fe:a9fe]/latest/meta-data/", allow_private=False)
 
 
 def test_refuses_host_resolving_to_private_address():

@@ -43,11 +43,29 @@ def test_environment_overrides_and_types():
         ({"ALLOW_PRIVATE_NETWORKS": "maybe"}, "ALLOW_PRIVATE_NETWORKS"),
         ({"BATCH_SIZE": "0"}, "BATCH_SIZE"),
         ({"READ_TIMEOUT": "-1"}, "READ_TIMEOUT"),
+        ({"API_CONNECTION_LIMIT": "10"}, "API_CONNECTION_LIMIT must be at least 16"),
+        ({"API_CHANNEL_TIMEOUT": "0"}, "API_CHANNEL_TIMEOUT must be at least 1"),
+        ({"API_CHANNEL_TIMEOUT": "1.5"}, "API_CHANNEL_TIMEOUT='1.5' is not a valid int"),
+        ({"API_THREADS": "0"}, "API_THREADS must be at least 1"),
+        ({"WEBHOOK_CONCURRENCY": "0"}, "WEBHOOK_CONCURRENCY must be at least 1"),
     ],
 )
 def test_bad_values_are_named(env, needle):
     with pytest.raises(ConfigError, match=needle):
         Settings.from_env(env)
+
+
+def test_api_connection_defaults_outlast_idle_clients():
+    # waitress's own defaults (100 connections, 120 s idle) let 100 silent clients
+    # lock everyone out for two minutes.
+    s = Settings.from_env({})
+    assert s.api_connection_limit >= 1000
+    assert s.api_channel_timeout <= 30
+    assert s.api_threads >= 4
+    s = Settings.from_env(
+        {"API_CONNECTION_LIMIT": "5000", "API_CHANNEL_TIMEOUT": "60", "API_THREADS": "16"}
+    )
+    assert (s.api_connection_limit, s.api_channel_timeout, s.api_threads) == (5000, 60, 16)
 
 
 def test_env_names_lists_every_setting():

@@ -290,3 +290,112 @@ def test_damaged_images_only_ever_raise_image_rejected(fmt, edits, cut):
     result = _outcome(bytes(data[: max(1, cut % (len(data) + 1))]))
     if isinstance(result, Compressed):
         decode(result)
+
+
+# --- memory and side limits, judged from the header -----------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied(orientation):
+    out = decode(compress(images.jpeg_oriented(orientation)))
+
+    assert out.size == (images.W, images.H)
+    assert near(mean(out, INSIDE_MARKER), images.RED)
+    w, h = out.size
+    for corner in ((w - MARKER, 0), (0, h - MARKER), (w - MARKER, h - MARKER)):
+        box = (corner[0] + 8, corner[1] + 8, corner[0] + MARKER - 8, corner[1] + MARKER - 8)
+        assert not near(mean(out, box), images.RED)
+
+
+def test_grey_with_alpha_is_composited_onto_white():
+    out = decode(compress(images.png_la()))
+
+    assert out.mode == "L"
+    assert near(mean(out, (10, 10, 150, 470)), (255,), tolerance=3)
+    assert near(mean(out, (310, 210, 354, 254)), (127.5,), tolerance=4)
+
+
+def test_partly_transparent_palette_entries_are_composited_onto_white():
+    out = decode(compress(images.png_palette_alpha()))
+
+    assert out.mode == "RGB"
+    # Entry 0 is black at 50% alpha: mid grey over white, not black, not white.
+    assert near(mean(out, (10, 8, 630, MARKER - 8)), (127.5, 127.5, 127.5), tolerance=4)
+
+
+def test_sixteen_bit_rgba_is_composited_like_eight_bit():
+    eight, sixteen = decode(compress(images.png_rgba())), decode(compress(images.png_rgba16()))
+
+    for box in ((10, 10, 150, 470), (310, 210, 354, 254), (200, 100, 600, 180)):
+        assert near(mean(sixteen, box), tuple(mean(eight, box)), tolerance=2)
+
+
+def test_side_over_the_jpeg_limit_is_refused_from_the_header():
+    data = images.png_wide()  # 49.9M x 1: under MAX_PIXELS
+    reason = "image is 49900000x1: a JPEG can be at most 65500 pixels on a side"
+
+    with pytest.raises(ImageRejected, match=reason):
+        compress(data)
+    # The same reason with the pixel data cut off: nothing was decoded to find it.
+    with pytest.raises(ImageRejected, match=reason):
+        compress(data[:100])
+
+
+def test_side_at_the_jpeg_limit_is_accepted():
+    result = compress(images.png_stripes(65_500, 1, 2))
+
+    assert (result.width, result.height) == (65_500, 1)
+    with pytest.raises(ImageRejected, match="at most 65500 pixels on a side"):
+        compress(images.png_stripes(1, 65_501, 0))
+
+
+def test_image_over_the_memory_budget_is_refused_from_the_header():
+    data = images.png_stripes(2000, 1500)  # RGBA: about 36 MB to convert
+
+    with pytest.raises(ImageRejected) as caught:
+        compress(data, max_memory=30_000_000)
+    assert caught.value.reason == (
+        "image is 2000x1500 RGBA PNG: converting it needs about 36 MB, "
+        "over the limit of 30 MB per image"
+    )
+    with pytest.raises(ImageRejected, match="needs about 36 MB"):
+        compress(data[:200], max_memory=30_000_000)  # header only: nothing decoded
+    assert compress(data, max_memory=40_000_000).width == 2000
+
+
+def test_default_memory_budget_follows_max_pixels():
+    data = images.png_stripes(2000, 1500)
+
+    # RGBA at the pixel limit fits the budget derived from that limit...
+    assert compress(data, max_pixels=2000 * 1500).width == 2000
+    # ...but not once rotated by EXIF (one more image-sized copy).
+    rotated = images.png_stripes(2000, 1500, before_pixels=images.exif_orientation_chunk(6))
+    with pytest.raises(ImageRejected, match="RGBA PNG to be rotated: converting it needs"):
+        compress(rotated, max_pixels=2000 * 1500)
+    assert compress(rotated).width == 1500
+
+
+def test_exif_found_after_the_pixels_is_judged_once_decoded():
+    # A PNG may put its eXIf chunk after the pixel data: the rotation is only known
+    # after decoding, and the conversion is judged again before it is made.
+    data = images.png_stripes(2000, 1500, after_pixels=images.exif_orientation_chunk(6))
+
+    with pytest.raises(ImageRejected, match="to be rotated: converting it needs about 48 MB"):
+        compress(data, max_memory=45_000_000)
+    result = compress(data, max_memory=55_000_000)
+    assert (result.width, result.height) == (1500, 2000)
+
+
+def test_progressive_jpeg_costs_more_memory_than_baseline():
+    # 640x480 RGB: ~2.5 MB baseline; progressive holds ~0.9 MB of coefficients more.
+    baseline, progressive = images.jpeg_rgb(), images.jpeg_progressive()
+
+    assert compress(baseline, max_memory=3_000_000).width == images.W
+    with pytest.raises(ImageRejected, match="progressive or multi-scan RGB JPEG"):
+        compress(progressive, max_memory=3_000_000)
+    assert compress(progressive, max_memory=3_500_000).width == images.W
+
+
+def test_invalid_memory_budget_is_a_caller_error():
+    with pytest.raises(ValueError, match="max_memory"):
+        compress(images.jpeg_rgb(), max_memory=0)

@@ -58,6 +58,9 @@ class FakeResponse:
         self.status = status
         self.headers = headers
 
+    def close(self) -> None:  # the sender never reads a receiver's body
+        pass
+
 
 class FakePool:
     """Answers every request with one scripted response and keeps what was sent."""
