@@ -159,6 +159,13 @@ SCHEMAS: dict[str, Any] = {
                 {"type": "string", "format": "date-time", "description": "when a cancel was asked"}
             ),
             "error": _nullable({"type": "string"}),
+            "waiting_reason": _nullable(
+                {
+                    "type": "string",
+                    "description": "why an unfinished request is not moving (a backend out "
+                    "of service); null once it moves again",
+                }
+            ),
             "status_url": {"type": "string"},
             "products_url": {"type": "string"},
             "cancel_url": _nullable(

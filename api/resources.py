@@ -190,6 +190,7 @@ def status_body(
         "completed_at": iso(record.completed_at),
         "cancel_requested_at": iso(record.cancel_requested_at),
         "error": record.error,
+        "waiting_reason": record.waiting_reason,
         "status_url": links.status(rid),
         "products_url": f"{links.status(rid)}?page=1",
         "cancel_url": None if final else links.cancel(rid),

@@ -28,6 +28,7 @@ unfinished and taken up again by a later sweep.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -326,6 +327,11 @@ class Driver:
             type(exc).__name__,
             exc,
         )
+        # Said on the request where the store still takes it (storage is what failed).
+        with contextlib.suppress(Exception):
+            self.store.note_waiting(
+                request_id, f"waiting for a backend: {type(exc).__name__}: {exc}", self.clock()
+            )
         try:
             self.store.release_request(request_id, self.owner)
         except Exception as error:

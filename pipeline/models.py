@@ -125,6 +125,9 @@ class RequestRecord:
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     heartbeat_at: datetime | None = None
+    # Why an unfinished request is not moving (a backend out of service); cleared
+    # when it moves again or finishes.
+    waiting_reason: str | None = None
 
     @property
     def succeeded_images(self) -> int:

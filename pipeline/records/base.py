@@ -55,6 +55,10 @@ class RecordStore(Protocol):
     def mark_queued(self, request_id: str, at: datetime) -> None:
         """pending -> queued (a driver owns it, it waits for room); others unchanged."""
 
+    def note_waiting(self, request_id: str, reason: str, at: datetime) -> None:
+        """Say why an unfinished request is not moving (`waiting_reason`); a final one is
+        left alone. `mark_processing` and `finish` clear it."""
+
     def add_images(self, request_id: str, items: Sequence[ImageItem]) -> int:
         """Insert images as `pending`; returns how many were new."""
 

@@ -151,7 +151,11 @@ class MongoRecordStore:
         # Two single-document updates instead of one pipeline update: each is atomic and
         # idempotent, the first one to run sets started_at, and a final request is left alone.
         at = _aware(at)
-        processing = {"status": RequestStatus.PROCESSING.value, "updated_at": at}
+        processing = {
+            "status": RequestStatus.PROCESSING.value,
+            "updated_at": at,
+            "waiting_reason": None,
+        }
         first = self.requests.update_one(
             {"_id": request_id, "status": _UNFINISHED, "started_at": None},
             {"$set": {**processing, "started_at": at}},
@@ -162,6 +166,13 @@ class MongoRecordStore:
             {"_id": request_id, "status": _UNFINISHED}, {"$set": processing}
         )
         if not again.matched_count:
+            self._require(request_id)
+
+    @_wrap_errors()
+    def note_waiting(self, request_id: str, reason: str, at: datetime) -> None:
+        update = {"$set": {"waiting_reason": reason, "updated_at": _aware(at)}}
+        query = {"_id": request_id, "status": _UNFINISHED}
+        if not self.requests.update_one(query, update).matched_count:
             self._require(request_id)
 
     @_wrap_errors()
@@ -185,7 +196,7 @@ class MongoRecordStore:
     ) -> bool:
         at = _aware(at)
         fields = {"status": RequestStatus(status).value, "completed_at": at, "updated_at": at}
-        fields |= {"output_key": output_key, "error": error}
+        fields |= {"output_key": output_key, "error": error, "waiting_reason": None}
         if webhook is not None:
             fields["webhook"] = webhook  # one document update: both or neither
         query: dict[str, Any] = {"_id": request_id}
@@ -597,6 +608,7 @@ def _request_record(doc: Mapping[str, Any]) -> RequestRecord:
         lease_owner=doc.get("lease_owner"),
         lease_expires_at=_utc_or_none(doc.get("lease_expires_at")),
         heartbeat_at=_utc_or_none(doc.get("heartbeat_at")),
+        waiting_reason=doc.get("waiting_reason"),
     )
 
 

@@ -113,6 +113,7 @@ _ADDED_REQUEST_COLUMNS = (
     ("heartbeat_at", "TEXT"),
     ("delivery_owner", "TEXT"),
     ("delivery_expires_at", "TEXT"),
+    ("waiting_reason", "TEXT"),
 )
 # Indexes whose definition changed: an older file still has them under these names.
 _DROPPED_INDEXES = ("requests_unfinished",)  # its predicate left out `queued`
@@ -187,10 +188,19 @@ class SqliteRecordStore:
         with self._write() as conn:
             self._require(conn, request_id)
             conn.execute(
-                "UPDATE requests SET status = 'processing',"
+                "UPDATE requests SET status = 'processing', waiting_reason = NULL,"
                 " started_at = COALESCE(started_at, :at), updated_at = :at"
                 f" WHERE request_id = :id AND {_UNFINISHED}",
                 {"at": _ts(at), "id": request_id},
+            )
+
+    def note_waiting(self, request_id: str, reason: str, at: datetime) -> None:
+        with self._write() as conn:
+            self._require(conn, request_id)
+            conn.execute(
+                "UPDATE requests SET waiting_reason = :reason, updated_at = :at"
+                f" WHERE request_id = :id AND {_UNFINISHED}",
+                {"reason": reason, "at": _ts(at), "id": request_id},
             )
 
     def mark_queued(self, request_id: str, at: datetime) -> None:
@@ -218,7 +228,8 @@ class SqliteRecordStore:
         params |= {"webhook": None if webhook is None else json.dumps(webhook)}
         sql = (
             "UPDATE requests SET status = :status, completed_at = :at, updated_at = :at,"
-            " output_key = :output_key, error = :error, webhook = COALESCE(:webhook, webhook)"
+            " output_key = :output_key, error = :error, webhook = COALESCE(:webhook, webhook),"
+            " waiting_reason = NULL"
         )
         if owner is not None:
             # The owner's own write wins even past expiry, as long as nobody took over.
@@ -764,6 +775,7 @@ def _request_record(row: sqlite3.Row) -> RequestRecord:
         lease_owner=row["lease_owner"],
         lease_expires_at=_dt_or_none(row["lease_expires_at"]),
         heartbeat_at=_dt_or_none(row["heartbeat_at"]),
+        waiting_reason=row["waiting_reason"],
     )
 
 

@@ -1264,3 +1264,19 @@ def test_mongo_from_uri_wraps_connection_errors():
 def test_mongo_from_uri_wraps_a_malformed_uri():
     with pytest.raises(RecordStoreError):
         MongoRecordStore.from_uri("http://not-mongo")
+
+
+def test_a_waiting_reason_is_kept_until_the_request_moves_or_finishes(store: RecordStore):
+    started(store)
+    store.note_waiting("req-1", "waiting for a backend: StorageError: disk full", T0)
+    assert get(store, "req-1").waiting_reason == "waiting for a backend: StorageError: disk full"
+    store.mark_processing("req-1", T0)
+    assert get(store, "req-1").waiting_reason is None
+
+    store.note_waiting("req-1", "waiting again", T0)
+    store.finish("req-1", RequestStatus.COMPLETED, T0)
+    assert get(store, "req-1").waiting_reason is None
+    store.note_waiting("req-1", "too late", T0)  # a final request is left alone
+    assert get(store, "req-1").waiting_reason is None
+    with pytest.raises(RequestNotFound):
+        store.note_waiting("nope", "x", T0)

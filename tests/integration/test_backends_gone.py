@@ -225,9 +225,12 @@ def test_request_staged_while_storage_is_gone_waits_then_completes(
         eventually(lambda: service.logs().count(left) >= 2, "the request was taken up again")
         status = service.get_json(f"/api/v1/status/{request_id}")
         assert (status["status"], status["error"]) == ("queued", None)
+        # ...and the request says why it is not moving.
+        assert status["waiting_reason"].startswith("waiting for a backend: "), status
 
         restore_storage(root, away)
         assert_accounted_for(service, request_id, urls, webhook_receiver)
+        assert service.get_json(f"/api/v1/requests/{request_id}")["waiting_reason"] is None
     finally:
         if away is not None:
             restore_storage(root, away)
