@@ -154,7 +154,7 @@ class Completion:
         # queued here is still stored as pending: any process's sweep sends it.)
         try:
             if delivery is not None:
-                self.deliveries.queue(request_id)
+                self.deliveries.queue(request_id, url)
             if self.publish is not None:
                 self.publish(event)  # NATS: at most once by design
         except Exception:

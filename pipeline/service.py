@@ -60,9 +60,8 @@ class Services:
         self.driver.start()
         self.deliveries.start()
         self.sweeper.serve_others = serve_others
-        if serve_others and (waiting := self.deliveries.resume()):
-            log.info("resumed %d pending webhook deliver(ies)", waiting)
-        # Its first sweep, now, takes up the requests left unfinished.
+        # Its first sweep, now, takes up the requests left unfinished and queues the
+        # pending webhook deliveries.
         self.sweeper.start()
         return self
 

@@ -108,6 +108,10 @@ class MongoRecordStore:
         self.requests.create_index(
             [("completed_at", ASCENDING), ("_id", ASCENDING)], name="completed_at_id"
         )
+        # pending_deliveries: every process's sweep asks, every LEASE_SECONDS / 3.
+        self.requests.create_index(
+            [("webhook.status", ASCENDING), *_OLDEST_FIRST], name="webhook_status_created_at"
+        )
 
     # -- requests -------------------------------------------------------------
     @_wrap_errors()

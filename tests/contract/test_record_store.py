@@ -31,7 +31,7 @@ from pipeline.models import (
     iso,
 )
 from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
-from pipeline.records.sqlite import _UNFINISHED
+from pipeline.records.sqlite import _PENDING_DELIVERY, _UNFINISHED
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is borrowed here
     from tests.contract.conftest import Backend
@@ -1173,6 +1173,17 @@ def test_sqlite_finds_unfinished_requests_through_the_partial_index(tmp_path):
     conn.close()
     assert all("requests_unfinished_by_age" in plan for plan in plans), plans
     assert "'queued'" in _UNFINISHED
+
+
+def test_sqlite_finds_pending_deliveries_through_the_partial_index(tmp_path):
+    # Every process's sweep asks for them: no scan of every request each time.
+    path = tmp_path / "records.db"
+    SqliteRecordStore(path).close()
+    with sqlite3.connect(path) as conn:
+        query = f"SELECT request_id FROM requests WHERE {_PENDING_DELIVERY} ORDER BY created_at"
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+    conn.close()
+    assert "requests_pending_delivery" in plan, plan
 
 
 def test_mongodb_reads_a_request_stored_before_leases(mongodb_uri: str, mongodb_database: str):
