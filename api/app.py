@@ -95,7 +95,7 @@ def create_app(
     )
     app.add_route("/api/v1/output/{request_id}.csv", OutputCsv(store, storage, keys=keys))
     app.add_route("/health", Health(health or (lambda: {})))
-    spec = openapi.document(base_url)
+    spec = openapi.document(base_url, settings.option_defaults())
     app.add_route("/api/v1/openapi.json", OpenApi(spec))
     app.add_route("/docs", Html(docs.render(spec)))
     app.add_route("/", Html(PAGE.read_text(encoding="utf-8")))

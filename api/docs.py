@@ -67,11 +67,25 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> str:
     body = op.get("requestBody")
     if body:
         for ctype, media in body["content"].items():
-            fields = media["schema"].get("properties", {})
-            names = ", ".join(f"<code>{escape(n)}</code>" for n in fields)
-            out.append(f"<p>Body: <code>{escape(ctype)}</code> with {names}</p>")
+            out.append(f"<p>Body: <code>{escape(ctype)}</code></p>")
+            out.append(_fields(media["schema"]))
     out.append("<table><tr><th>status</th><th>meaning</th></tr>")
     for code, response in op["responses"].items():
         out.append(f"<tr><td>{escape(code)}</td><td>{escape(response['description'])}</td></tr>")
     out.append("</table></div>")
+    return "".join(out)
+
+
+def _fields(schema: dict[str, Any]) -> str:
+    """A form's fields with their type, range and meaning: what a caller needs to fill it."""
+    required = set(schema.get("required", []))
+    out = ["<table><tr><th>field</th><th>schema</th><th></th></tr>"]
+    for name, field in schema.get("properties", {}).items():
+        shape = {k: v for k, v in field.items() if k != "description"}
+        need = "required. " if name in required else ""
+        out.append(
+            f"<tr><td><code>{escape(name)}</code></td><td>{escape(json.dumps(shape))}</td>"
+            f"<td>{escape(need + field.get('description', ''))}</td></tr>"
+        )
+    out.append("</table>")
     return "".join(out)

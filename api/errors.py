@@ -15,6 +15,7 @@ from pipeline.errors import (
     RequestNotFound,
     StorageError,
 )
+from pipeline.options import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ def _csv_error(req, resp, exc: CsvError, params) -> None:
 
 def _input_error(req, resp, exc: InputError, params) -> None:
     _respond(resp, exc.status, exc.title, str(exc))
+
+
+def _option_error(req, resp, exc: OptionError, params) -> None:
+    _respond(resp, exc.status, exc.title, str(exc), field=exc.field)
 
 
 def _not_found(req, resp, exc: RequestNotFound, params) -> None:
@@ -133,6 +138,7 @@ def register(app: falcon.App) -> None:
     # Falcon picks the most specific handler for an exception's class.
     app.add_error_handler(InputError, _input_error)
     app.add_error_handler(CsvError, _csv_error)
+    app.add_error_handler(OptionError, _option_error)
     app.add_error_handler(RequestNotFound, _not_found)
     app.add_error_handler(NotReady, _not_ready)
     app.add_error_handler(Conflict, _conflict)

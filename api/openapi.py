@@ -11,6 +11,16 @@ from typing import Any
 
 from api.requests import DEFAULT_LIST_PER_PAGE, MAX_LIST_PAGE, MAX_LIST_PER_PAGE
 from pipeline.models import ImageStatus, RequestStatus
+from pipeline.options import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    FIELDS,
+    FORMATS,
+    MAX_QUALITY,
+    MAX_SIDE,
+    MIN_QUALITY,
+    OptionDefaults,
+)
 
 ERROR_CODES = {
     "400": "Malformed request (bad multipart body, missing 'file' field, bad query parameter)",
@@ -20,7 +30,8 @@ ERROR_CODES = {
     "411": "A body without Content-Length from a server that cannot delimit it",
     "413": "Upload, rows or URLs over the limits",
     "415": "Not multipart/form-data, or a compressed body",
-    "422": "Invalid CSV (the error names the line and column) or invalid webhook_url",
+    "422": "Invalid CSV (the error names the line and column), invalid webhook_url, or an "
+    "unknown or invalid output option (the error's `field` names it)",
     "429": "Over the rate limit; see Retry-After",
     "503": "A backend (storage or records) is failing; retry",
 }
@@ -78,6 +89,32 @@ SCHEMAS: dict[str, Any] = {
                 "enum": ["records", "storage"],
                 "description": "on 503: the backend that is failing",
             },
+            "field": {
+                "type": "string",
+                "description": "on 422 for an output option: the form field at fault "
+                f"({', '.join(FIELDS)}, or the name of a field that is not an option)",
+            },
+        },
+    },
+    "Options": {
+        "type": "object",
+        "description": "The request's output options as resolved when it was accepted "
+        "(the caller's, completed from the server's defaults) and stored with it.",
+        "required": list(FIELDS),
+        "properties": {
+            "format": {
+                "type": "string",
+                "enum": list(FORMATS),
+                "description": "output image format; output URLs end "
+                + ", ".join(f".{EXTENSIONS[f]} ({f})" for f in FORMATS),
+            },
+            "quality": {"type": "integer", "minimum": MIN_QUALITY, "maximum": MAX_QUALITY},
+            "max_width": _nullable(
+                {"type": "integer", "minimum": 1, "description": "null: no bound on the width"}
+            ),
+            "max_height": _nullable(
+                {"type": "integer", "minimum": 1, "description": "null: no bound on the height"}
+            ),
         },
     },
     "Accepted": {
@@ -89,6 +126,7 @@ SCHEMAS: dict[str, Any] = {
             "output_csv_url",
             "total_products",
             "total_images",
+            "options",
         ],
         "properties": {
             "request_id": {"type": "string"},
@@ -97,6 +135,7 @@ SCHEMAS: dict[str, Any] = {
             "output_csv_url": {"type": "string", "format": "uri"},
             "total_products": {"type": "integer", "minimum": 1},
             "total_images": {"type": "integer", "minimum": 1},
+            "options": {"$ref": "#/components/schemas/Options"},
         },
     },
     "Image": {
@@ -109,7 +148,9 @@ SCHEMAS: dict[str, Any] = {
                 "enum": [s.value for s in ImageStatus],
                 "description": "cancelled: its request was cancelled before it had a result",
             },
-            "output_url": _nullable({"type": "string"}),
+            "output_url": _nullable(
+                {"type": "string", "description": "ends with the extension of options.format"}
+            ),
             "error": _nullable({"type": "string"}),
             "bytes_in": _nullable({"type": "integer"}),
             "bytes_out": _nullable({"type": "integer"}),
@@ -134,10 +175,18 @@ SCHEMAS: dict[str, Any] = {
             "processed_images",
             "failed_images",
             "progress",
+            "options",
         ],
         "properties": {
             "request_id": {"type": "string"},
             "status": {"type": "string", "enum": REQUEST_STATUSES, "description": STATUS_MEANINGS},
+            "options": _nullable(
+                {
+                    "allOf": [{"$ref": "#/components/schemas/Options"}],
+                    "description": "null only for a request recorded before options existed "
+                    "(it came out as the server's defaults said)",
+                }
+            ),
             "total_products": {"type": "integer"},
             "total_images": {"type": "integer"},
             "processed_images": {
@@ -224,9 +273,68 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _upload() -> dict[str, Any]:
+def _option_fields(defaults: OptionDefaults | None) -> dict[str, Any]:
+    """The upload's output-option fields. Given the server's `defaults` the document
+    states their values; without them it names the settings that decide them."""
+    if defaults is None:
+        fmt_default = "jpeg"
+        fmt_note = "; empty or absent: jpeg, unless the server sets OUTPUT_FORMAT"
+        quality_default = (
+            "the server's default for the format: JPEG_QUALITY (50 unless set), "
+            "WEBP_QUALITY and AVIF_QUALITY (calibrated to the JPEG default's SSIM)"
+        )
+        side_default = {
+            "width": "no bound on the width, unless the server sets MAX_WIDTH",
+            "height": "no bound on the height, unless the server sets MAX_HEIGHT",
+        }
+    else:
+        fmt_default, fmt_note = defaults.format, f"; empty or absent: {defaults.format}"
+        quality_default = ", ".join(f"{defaults.quality_for(f)} for {f}" for f in FORMATS)
+        side_default = {
+            name: f"{value} (this server's default)" if value else f"no bound on the {name}"
+            for name, value in (("width", defaults.max_width), ("height", defaults.max_height))
+        }
+    limits = ", ".join(f"{f} {MAX_SIDE[f]}" for f in FORMATS)
+
+    def side(name: str) -> dict[str, Any]:
+        return {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": max(MAX_SIDE.values()),
+            "description": f"whole number of pixels, at most the format's largest side "
+            f"({limits}). Every output fits inside max_width x max_height with its aspect "
+            f"ratio kept, and is never enlarged. Empty or absent: {side_default[name]}.",
+        }
+
+    return {
+        "format": {
+            "type": "string",
+            "enum": [*FORMATS, "jpg"],
+            "default": fmt_default,
+            "description": f"output format (jpg means jpeg){fmt_note}. Output URLs end "
+            + ", ".join(f".{EXTENSIONS[f]}" for f in FORMATS)
+            + " and are served as "
+            + ", ".join(CONTENT_TYPES[f] for f in FORMATS),
+        },
+        "quality": {
+            "type": "integer",
+            "minimum": MIN_QUALITY,
+            "maximum": MAX_QUALITY,
+            "description": f"encoder quality, whole number {MIN_QUALITY}-{MAX_QUALITY}. "
+            f"Empty or absent: {quality_default}.",
+        },
+        "max_width": side("width"),
+        "max_height": side("height"),
+    }
+
+
+def _upload(defaults: OptionDefaults | None) -> dict[str, Any]:
     return {
         "summary": "Upload a product CSV; processing starts in the background",
+        "description": "Multipart form: `file`, and optionally `webhook_url` and the output "
+        f"options {', '.join(FIELDS)}. Any other field, or an option with a bad value, is "
+        "refused with 422 naming it in `field`, and nothing is recorded. The 202 answer "
+        "carries the resolved `options`, as every status of the request does.",
         "tags": ["requests"],
         "requestBody": {
             "required": True,
@@ -245,6 +353,7 @@ def _upload() -> dict[str, Any]:
                                 "type": "string",
                                 "description": "called when it is done (else WEBHOOK_URL)",
                             },
+                            **_option_fields(defaults),
                         },
                     }
                 }
@@ -364,8 +473,9 @@ def _delete() -> dict[str, Any]:
     }
 
 
-def document(base_url: str = "") -> dict[str, Any]:
-    upload, status = _upload(), _status()
+def document(base_url: str = "", defaults: OptionDefaults | None = None) -> dict[str, Any]:
+    """`defaults`: the server's option defaults, to state their values (else named by setting)."""
+    upload, status = _upload(defaults), _status()
     output = {
         "summary": "The output CSV: input columns plus Output Image Urls",
         "tags": ["requests"],
@@ -390,8 +500,11 @@ def document(base_url: str = "") -> dict[str, Any]:
         ],
         "responses": {
             "200": {
-                "description": "JPEG",
-                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "The image, in its request's format",
+                "content": {
+                    CONTENT_TYPES[f]: {"schema": {"type": "string", "format": "binary"}}
+                    for f in FORMATS
+                },
             },
             **_errors("401", "404", "429"),
         },

@@ -14,11 +14,15 @@ from pipeline.errors import NotReady, RequestNotFound
 from pipeline.health import failing
 from pipeline.links import Links
 from pipeline.models import ImageRecord, RequestRecord, iso
+from pipeline.options import CONTENT_TYPES, EXTENSIONS, FORMATS
 from pipeline.outputs import Rebuilt
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
-MEDIA_KEY = re.compile(r"^requests/(?P<request_id>[0-9a-f]{32})/images/\d{7}-\d{3}\.jpg$")
+MEDIA_KEY = re.compile(
+    r"^requests/(?P<request_id>[0-9a-f]{32})/images/\d{7}-\d{3}\.(?P<extension>jpg|webp|avif)$"
+)
+MEDIA_TYPES = {EXTENSIONS[name]: CONTENT_TYPES[name] for name in FORMATS}
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
 # The links without a host: the form of a Location header, whatever the public address.
@@ -127,7 +131,7 @@ class Media:
             stream = self.storage.open(key, "rb")
         except FileNotFoundError as exc:
             raise not_found from exc
-        resp.content_type = "image/jpeg"
+        resp.content_type = MEDIA_TYPES[match["extension"]]
         # With keys, a shared cache must not hand one owner's image to another caller.
         resp.cache_control = ["private" if self.keys.required else "public", "max-age=86400"]
         resp.stream = stream
@@ -191,6 +195,8 @@ def status_body(
         "cancel_requested_at": iso(record.cancel_requested_at),
         "error": record.error,
         "waiting_reason": record.waiting_reason,
+        # null only for a request recorded before options existed (the defaults then)
+        "options": record.options.as_dict() if record.options else None,
         "status_url": links.status(rid),
         "products_url": f"{links.status(rid)}?page=1",
         "cancel_url": None if final else links.cancel(rid),

@@ -30,6 +30,8 @@ from pipeline.intake import accept_csv
 from pipeline.links import Links
 from pipeline.models import RequestStatus
 from pipeline.netguard import validate_url
+from pipeline.options import FIELDS as OPTION_FIELDS
+from pipeline.options import OptionError, resolve_options
 from pipeline.records.base import RecordStore
 from pipeline.service import csv_limits
 from pipeline.settings import Settings
@@ -40,6 +42,8 @@ from pipeline.storage import Storage
 FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_WEBHOOK_URL_CHARS = 2048
 MAX_SOURCE_NAME_CHARS = 255
+MAX_OPTION_CHARS = 32
+FORM_FIELDS = ", ".join(("file", "webhook_url", *OPTION_FIELDS))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -62,6 +66,7 @@ class Uploads:
     ):
         self.settings = settings
         self.limits = csv_limits(settings)
+        self.option_defaults = settings.option_defaults()
         self.max_body = max_body_bytes(settings)
         self.store = store
         self.storage = storage
@@ -72,7 +77,8 @@ class Uploads:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._check_envelope(req)
-        data, filename, webhook_url = self._read_form(req)
+        data, filename, webhook_url, given = self._read_form(req)
+        options = resolve_options(given, self.option_defaults)
         accepted = accept_csv(
             data,
             store=self.store,
@@ -83,6 +89,7 @@ class Uploads:
             source_name=filename,
             webhook_url=webhook_url,
             owner=self.keys.owner(req),
+            options=options,
         )
         request_id = accepted.request_id
         self.runner.submit(request_id)
@@ -96,6 +103,7 @@ class Uploads:
             "output_csv_url": links.output_csv(request_id),
             "total_products": accepted.total_products,
             "total_images": accepted.total_images,
+            "options": options.as_dict(),
         }
 
     def _check_envelope(self, req: falcon.Request) -> None:
@@ -131,10 +139,13 @@ class Uploads:
             raise LengthRequired()
         return _CappedStream(req.stream, self.max_body, self.settings), self.max_body + 1
 
-    def _read_form(self, req: falcon.Request) -> tuple[bytes, str, str | None]:
+    def _read_form(self, req: falcon.Request) -> tuple[bytes, str, str | None, dict[str, str]]:
+        """The CSV, its file name, the webhook URL and the output options given."""
         data: bytes | None = None
         filename = ""
         webhook_url: str | None = None
+        given: dict[str, str] = {}
+        refused: list[str] = []
         stream, length = self._body(req)
         handler = req.options.media_handlers[falcon.MEDIA_MULTIPART]
         try:
@@ -150,6 +161,13 @@ class Uploads:
                     filename = _source_name(part.filename or "")
                 elif part.name == "webhook_url":
                     webhook_url = part.text.strip() or None
+                elif part.name in OPTION_FIELDS and part.name not in given:
+                    given[part.name] = _option_text(part)
+                else:
+                    # A misspelt or unsupported option must not pass silently (the
+                    # request would come out otherwise than asked): refused once the
+                    # form is read, after a missing file, which is the bigger mistake.
+                    refused.append(str(part.name)[:64])
         except falcon.MediaMalformedError as exc:
             raise falcon.HTTPBadRequest(
                 title="Malformed multipart body",
@@ -162,6 +180,14 @@ class Uploads:
                 description="The multipart form has no field named 'file'; "
                 "send the CSV as -F file=@products.csv",
             )
+        if refused:
+            name = refused[0]
+            raise OptionError(
+                name,
+                "given twice"
+                if name in given
+                else f"not a field of the upload form; the fields are {FORM_FIELDS}",
+            )
         if len(data) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(
                 f"the CSV is over the limit of {self.settings.max_upload_bytes:,} bytes "
@@ -169,7 +195,16 @@ class Uploads:
             )
         if webhook_url is not None:
             _check_webhook_url(webhook_url)
-        return data, filename, webhook_url
+        return data, filename, webhook_url, given
+
+
+def _option_text(part) -> str:
+    # An option is a short number or word: read a little, never a whole part.
+    raw = part.stream.read(MAX_OPTION_CHARS + 1)
+    text = raw.decode("utf-8", errors="replace")
+    if len(raw) > MAX_OPTION_CHARS:
+        raise OptionError(part.name, f"is longer than {MAX_OPTION_CHARS} characters")
+    return text
 
 
 class _CappedStream:

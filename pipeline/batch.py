@@ -20,13 +20,29 @@ from pipeline.errors import FetchError, ImageRejected
 from pipeline.fetch import Fetcher
 from pipeline.intake import accept_csv, new_request_id
 from pipeline.models import ImageStatus, RequestRecord
+from pipeline.options import resolve_options
 from pipeline.service import Services, csv_limits, fetch_config
 
 
 def run_csv(
-    services: Services, csv: bytes | str | Path, *, progress: bool = True, poll: float = 0.25
+    services: Services,
+    csv: bytes | str | Path,
+    *,
+    format: str | None = None,  # shadows the builtin: the option's name everywhere else
+    quality: int | None = None,
+    max_width: int | None = None,
+    max_height: int | None = None,
+    progress: bool = True,
+    poll: float = 0.25,
 ) -> RequestRecord:
-    """Validate, submit and wait for one CSV, showing a progress bar. Returns the final record."""
+    """Validate, submit and wait for one CSV, showing a progress bar. Returns the final record.
+
+    The output options are the upload form's (README "Output options"); each left
+    None takes the server's default. A bad one raises OptionError naming it,
+    before anything is stored.
+    """
+    given = {"format": format, "quality": quality, "max_width": max_width, "max_height": max_height}
+    options = resolve_options(given, services.settings.option_defaults())
     data = csv if isinstance(csv, bytes) else Path(csv).read_bytes()
     name = "" if isinstance(csv, bytes) else Path(csv).name
     accepted = accept_csv(
@@ -37,6 +53,7 @@ def run_csv(
         now=utc_now(),
         request_id=new_request_id(),
         source_name=name,
+        options=options,
     )
     rid = accepted.request_id
     # Driven here unless another process sharing the records took it first; either

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from pipeline.batch import failures, results_frame, run_csv, write_output_csv
 from pipeline.csv_input import parse_products
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import RequestStatus
+from pipeline.options import OptionError, resolve_options
 from pipeline.service import build_services, csv_limits
 from pipeline.settings import Settings
 
@@ -43,7 +43,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument(
         "-o", "--output", type=Path, help="output CSV path (default: <csv>.output.csv)"
     )
-    run.add_argument("--quality", type=int, help="JPEG quality 1-95 (default: JPEG_QUALITY or 50)")
+    run.add_argument(
+        "--format",
+        help="output format: jpeg, webp or avif (default: OUTPUT_FORMAT or jpeg)",
+    )
+    run.add_argument(
+        "--quality",
+        help="quality 1-95 (default: the format's, JPEG_QUALITY, WEBP_QUALITY or AVIF_QUALITY)",
+    )
+    run.add_argument(
+        "--max-width", help="fit outputs inside this width, never enlarging (default: MAX_WIDTH)"
+    )
+    run.add_argument(
+        "--max-height", help="fit outputs inside this height, never enlarging (default: MAX_HEIGHT)"
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -53,12 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
-        if args.quality is not None:
-            settings = replace(settings, jpeg_quality=args.quality)
-            settings.validate()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 4
+    given = {
+        "format": args.format,
+        "quality": args.quality,
+        "max_width": args.max_width,
+        "max_height": args.max_height,
+    }
+    try:
+        # Judged as the upload form judges them, before a cluster starts.
+        options = resolve_options(given, settings.option_defaults())
+    except OptionError as exc:
+        print(f"invalid option --{exc.field.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        return 2
     if not args.csv.is_file():
         print(f"no such file: {args.csv}", file=sys.stderr)
         return 2
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     services = build_services(settings).start(serve_others=False)
     try:
         print(services.descriptions["dask"], file=sys.stderr)
-        record = run_csv(services, args.csv, progress=not args.no_progress)
+        record = run_csv(services, args.csv, **options.as_dict(), progress=not args.no_progress)
         output = args.output or args.csv.with_suffix(".output.csv")
         if record.output_key:
             write_output_csv(services, record.request_id, output)

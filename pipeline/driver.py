@@ -51,7 +51,7 @@ from pipeline.completion import Completion, Incomplete
 from pipeline.connection import RECONNECT_TIMEOUT, DaskConnection, SchedulerLost, ShuttingDown
 from pipeline.csv_input import CsvLimits
 from pipeline.errors import RecordStoreError, StorageError, backend_unavailable
-from pipeline.models import ImageResult, ImageStatus
+from pipeline.models import ImageResult, ImageStatus, RequestRecord
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
@@ -72,6 +72,9 @@ class Plan:
     info: manifest.ManifestInfo
     layout: manifest.Layout
     partial: set[int]  # batches with some images done already: submitted with `only`
+    # Pending repeats of a URL sitting in another batch than its first slot's, when
+    # the request was resumed: a partial batch's `only` must name them too.
+    pending_copies: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class Driver:
         store: RecordStore,
         storage: Storage,
         completion: Completion,
-        job_spec: Callable[[str], tasks.JobSpec],
+        job_spec: Callable[[RequestRecord], tasks.JobSpec],
         *,
         batch_size: int,
         limits: CsvLimits,
@@ -217,7 +220,7 @@ class Driver:
                 self._complete(request_id, cancelled=True)
                 return
             self.store.mark_queued(request_id, self.clock())
-            spec = self.job_spec(request_id)
+            spec = self.job_spec(record)
             batch_size = dispatch.batch_size_for(
                 record.total_images, self.connection.total_threads(), self.batch_size
             )
@@ -226,8 +229,9 @@ class Driver:
             for chunk in manifest.iter_items(self.storage, info.key):
                 self.store.add_images(request_id, chunk)
                 layout.add(chunk)
-            pending, partial = self._pending_batches(request_id, layout)
-            self._events.put(("ready", request_id, Plan(spec, info, layout, partial), pending))
+            pending, partial, copies = self._pending_batches(request_id, layout)
+            plan = Plan(spec, info, layout, partial, copies)
+            self._events.put(("ready", request_id, plan, pending))
         except ShuttingDown:
             return
         except Exception as exc:
@@ -262,18 +266,22 @@ class Driver:
 
     def _pending_batches(
         self, request_id: str, layout: manifest.Layout
-    ) -> tuple[list[int], set[int]]:
-        """Batches with images still pending, and which of them are only partly pending."""
+    ) -> tuple[list[int], set[int], frozenset[tuple[int, int]]]:
+        """Batches with images still pending, which of them are only partly pending,
+        and the pending repeats that sit in another batch than their first slot's."""
         counters = self.store.recount(request_id)
         if counters.processed_images == 0 and counters.cancelled_images == 0:
             # A new request: every batch, whole, without listing a million images.
-            return list(range(-(-layout.images // layout.batch_size))), set()
+            return list(range(-(-layout.images // layout.batch_size))), set(), frozenset()
         counts: dict[int, int] = {}
+        copies = set()
         for row, position in self.store.pending_images(request_id):
             batch = layout.batch(row, position)
             counts[batch] = counts.get(batch, 0) + 1
-        partial = {b for b, n in counts.items() if n < layout.batch_length(b)}
-        return sorted(counts), partial
+            if layout.is_copy_elsewhere(row, position):
+                copies.add((row, position))
+        partial = {b for b, n in counts.items() if n < layout.batch_results(b)}
+        return sorted(counts), partial, frozenset(copies)
 
     def _complete(self, request_id: str, *, cancelled: bool) -> None:
         try:
@@ -512,20 +520,30 @@ class Driver:
         return dict(zip(finished, gathered, strict=True))
 
     def _batch_images(self, each: InFlight) -> Iterable[tuple[int, int]]:
-        """The images a batch was sent to process that are still pending."""
+        """The images a batch was sent to process that are still pending (repeats of
+        its URLs elsewhere included: failing one already done changes nothing)."""
         if each.only is not None:
             return each.only
-        return self._pending_in(each.request_id, self._plans[each.request_id].layout, each.batch)
+        plan = self._plans[each.request_id]
+        return self._pending_in(each.request_id, plan, each.batch, plan.layout.copies_elsewhere)
 
     def _pending_in(
-        self, request_id: str, layout: manifest.Layout, batch: int
+        self,
+        request_id: str,
+        plan: Plan,
+        batch: int,
+        copies: Callable[[int], Iterable[tuple[int, int]]],
     ) -> frozenset[tuple[int, int]]:
+        """The pending images among the batch's rows that it gives results to, and
+        `copies(batch)`: the repeats of its URLs stored in other batches."""
+        layout = plan.layout
         rows = layout.rows_of(batch)
-        return frozenset(
+        stored = (
             (i.row, i.position)
             for i in self.store.list_images(request_id, rows.start, rows.stop)
             if i.status == ImageStatus.PENDING and layout.batch(i.row, i.position) == batch
         )
+        return frozenset((*stored, *copies(batch)))
 
     def _give_up(self, request_id: str, exc: BaseException) -> None:
         self._discard(request_id)
@@ -603,7 +621,12 @@ class Driver:
         """The pending images of a partly done batch (None: the whole batch)."""
         if batch not in plan.partial:
             return None
-        return self._pending_in(request_id, plan.layout, batch)
+        return self._pending_in(
+            request_id,
+            plan,
+            batch,
+            lambda b: (c for c in plan.layout.copies_elsewhere(b) if c in plan.pending_copies),
+        )
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from pipeline.csv_input import CsvLimits, parse_products
 from pipeline.models import NewRequest
+from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 from pipeline.tasks import input_csv_key
@@ -29,6 +30,7 @@ class Accepted:
     request_id: str
     total_products: int
     total_images: int
+    options: OutputOptions
 
 
 def accept_csv(
@@ -42,6 +44,7 @@ def accept_csv(
     source_name: str = "",
     webhook_url: str | None = None,
     owner: str | None = None,
+    options: OutputOptions = DEFAULT_OPTIONS,
 ) -> Accepted:
     """Raises CsvError / PayloadTooLarge (InputError) for a bad file, having changed nothing."""
     products = parse_products(data, limits)
@@ -56,6 +59,7 @@ def accept_csv(
             source_name=source_name,
             webhook_url=webhook_url,
             owner=owner,
+            options=options,
         )
     )
-    return Accepted(request_id, len(products), total_images)
+    return Accepted(request_id, len(products), total_images, options)

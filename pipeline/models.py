@@ -7,9 +7,11 @@ travel between the API process, the Dask driver and the workers.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 
 
 class RequestStatus(enum.StrEnum):
@@ -64,13 +66,20 @@ class Product:
 
 @dataclass(frozen=True, slots=True)
 class ImageItem:
-    """One image to process: the unit the records and the manifest share."""
+    """One image to process: the unit the records and the manifest share.
+
+    A URL that appears more than once in a request is fetched once: its first
+    slot carries the others in `copies`, and each of those names it in `copy_of`
+    (both as (row, position)); a copy's result is its first slot's.
+    """
 
     row: int
     position: int
     serial: str
     product_name: str
     input_url: str
+    copies: tuple[tuple[int, int], ...] = ()
+    copy_of: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,9 @@ class NewRequest:
     # Short SHA-256 hex of the API key that made the request (never the key); None
     # when the API runs without keys. Only that key may read the request.
     owner: str | None = None
+    # Resolved when the request is accepted, so the server's defaults changing later
+    # does not change how it comes out.
+    options: OutputOptions = DEFAULT_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,9 @@ class RequestRecord:
     # Why an unfinished request is not moving (a backend out of service); cleared
     # when it moves again or finishes.
     waiting_reason: str | None = None
+    # How its images come out (see NewRequest.options); None for a request recorded
+    # before options existed: it comes out as the server's defaults say.
+    options: OutputOptions | None = None
 
     @property
     def succeeded_images(self) -> int:
@@ -165,17 +180,31 @@ class Counters:
 
 
 def image_items(products: list[Product] | tuple[Product, ...]) -> list[ImageItem]:
-    """Flatten products into images, in input order."""
-    return [
-        ImageItem(row=p.row, position=i, serial=p.serial, product_name=p.name, input_url=url)
-        for p in products
-        for i, url in enumerate(p.urls)
-    ]
+    """Flatten products into images, in input order, each URL's repeats as its copies.
+
+    URLs are the same when their text is (after the CSV's own trimming): two
+    spellings of one address are fetched twice, which is only slower.
+    """
+    first: dict[str, int] = {}  # URL -> index in `items` of its first slot
+    copies: dict[int, list[tuple[int, int]]] = {}
+    items: list[ImageItem] = []
+    for p in products:
+        for position, url in enumerate(p.urls):
+            slot = (p.row, position)
+            leader = first.setdefault(url, len(items))
+            copy_of = None
+            if leader != len(items):
+                copies.setdefault(leader, []).append(slot)
+                copy_of = (items[leader].row, items[leader].position)
+            items.append(ImageItem(p.row, position, p.serial, p.name, url, copy_of=copy_of))
+    for index, slots in copies.items():
+        items[index] = replace(items[index], copies=tuple(slots))
+    return items
 
 
-def output_key(request_id: str, row: int, position: int) -> str:
+def output_key(request_id: str, row: int, position: int, extension: str = "jpg") -> str:
     """Deterministic: a task that runs twice writes the same object."""
-    return f"requests/{request_id}/images/{row:07d}-{position:03d}.jpg"
+    return f"requests/{request_id}/images/{row:07d}-{position:03d}.{extension}"
 
 
 def iso(value: datetime | None) -> str | None:

@@ -26,6 +26,7 @@ from pipeline.driver import Driver, lease_owner_id
 from pipeline.fetch import FetchConfig
 from pipeline.hosts import HostPolicy
 from pipeline.links import Links
+from pipeline.models import RequestRecord
 from pipeline.nats_publisher import NatsPublisher
 from pipeline.notify import WebhookSender
 from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
@@ -153,12 +154,13 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
         descriptions["dask"] = f"dask: given client, dashboard {client.dashboard_link}"
     fetch = fetch_config(settings)
 
-    def job_spec(request_id: str) -> JobSpec:
+    def job_spec(record: RequestRecord) -> JobSpec:
         return JobSpec(
-            request_id=request_id,
+            request_id=record.request_id,
             storage=storage.config,
             fetch=fetch,
-            quality=settings.jpeg_quality,
+            # A request recorded before options existed comes out as the defaults say.
+            options=record.options or settings.option_defaults().resolve(),
             max_pixels=settings.max_pixels,
             max_image_memory=settings.max_image_memory,
             fetch_concurrency=settings.fetch_concurrency,

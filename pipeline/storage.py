@@ -60,7 +60,7 @@ class Storage:
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol = protocol
-        is_s3 = protocol in ("s3", "s3a")
+        is_s3 = self.is_s3 = protocol in ("s3", "s3a")
         if config.url_mode == "presigned" and not is_s3:
             raise ConfigError("OUTPUT_URL_MODE=presigned needs s3:// storage")
         if not self.is_local and not config.public_base_url and not is_s3:
@@ -77,11 +77,15 @@ class Storage:
             raise StorageError(f"invalid storage key {key!r}")
         return f"{self.root}/{key}"
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """Write `data` under `key`; an object store serves it with `content_type`."""
+        # S3 would serve it as binary/octet-stream: a browser opening an output URL
+        # would download the image instead of showing it.
+        extra = {"ContentType": content_type} if content_type and self.is_s3 else {}
         try:
             if self.is_local:
                 self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe_file(self.path(key), data)
+            self.fs.pipe_file(self.path(key), data, **extra)
         except OSError as exc:
             raise StorageError(f"could not write {key}: {exc}") from exc
 

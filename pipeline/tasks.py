@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline import manifest
 from pipeline.csv_input import CsvLimits, parse_products
@@ -23,6 +23,7 @@ from pipeline.errors import FetchError, ImageRejected, StorageError
 from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.hosts import HostPolicy, limiter_for
 from pipeline.models import ImageItem, ImageResult, image_items, output_key
+from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 from pipeline.storage import Storage, StorageConfig, storage_for
 from pipeline.transform import compress
 from pipeline.worker_memory import tune_allocator
@@ -35,7 +36,7 @@ class JobSpec:
     request_id: str
     storage: StorageConfig
     fetch: FetchConfig
-    quality: int = 50
+    options: OutputOptions = DEFAULT_OPTIONS
     max_pixels: int = 50_000_000
     max_image_memory: int = 0  # 0: the budget image_plan derives from max_pixels
     fetch_concurrency: int = 16
@@ -80,12 +81,17 @@ def warm_up() -> None:
 def process_batch(
     spec: JobSpec, manifest_key: str, batch: int, only: frozenset[tuple[int, int]] | None = None
 ) -> list[ImageResult]:
-    """Download, compress and store one batch; `only` limits it to images still pending."""
+    """Download, compress and store one batch; `only` limits it to images still pending.
+
+    Each URL is fetched once: a repeat stored in this batch is skipped (its first
+    slot's task gives it its result), and a first slot's result is given to all
+    its repeats too. With `only`, a URL is processed when any of its slots is named.
+    """
     tune_allocator()
     storage = storage_for(spec.storage)
-    items = manifest.read_batch(storage, manifest_key, batch)
+    items = [i for i in manifest.read_batch(storage, manifest_key, batch) if i.copy_of is None]
     if only is not None:
-        items = [i for i in items if (i.row, i.position) in only]
+        items = [i for i in items if not only.isdisjoint(_slots(i))]
     if not items:
         return []
     cancelled = CancelCheck(storage, spec.request_id)
@@ -100,12 +106,19 @@ def process_batch(
         downloads = {
             pool.submit(_download, fetcher, item.input_url, cancelled): item for item in items
         }
-        results = (
-            _finish(spec, downloads[done], done.result()) for done in as_completed(downloads)
-        )
         # An image skipped for a cancel has no result: it stays pending until the
         # driver marks it cancelled.
-        return [result for result in results if result is not None]
+        return [
+            replace(result, row=row, position=position)
+            for done in as_completed(downloads)
+            if (result := _finish(spec, downloads[done], done.result())) is not None
+            for row, position in _slots(downloads[done])
+        ]
+
+
+def _slots(item: ImageItem) -> tuple[tuple[int, int], ...]:
+    """Every (row, position) that takes this image's result: it and its repeats."""
+    return ((item.row, item.position), *item.copies)
 
 
 class CancelCheck:
@@ -161,15 +174,15 @@ def _finish(
     try:
         image = compress(
             downloaded,
-            quality=spec.quality,
+            spec.options,
             max_pixels=spec.max_pixels,
             max_memory=spec.max_image_memory or None,
         )
     except ImageRejected as exc:
         return failed(exc.reason, len(downloaded))
-    key = output_key(spec.request_id, item.row, item.position)
+    key = output_key(spec.request_id, item.row, item.position, spec.options.extension)
     try:
-        put_with_retries(storage_for(spec.storage), key, image.data)
+        put_with_retries(storage_for(spec.storage), key, image.data, spec.options.content_type)
     except StorageError as exc:
         return failed(f"storage write failed: {exc}", len(downloaded))
     return ImageResult(
@@ -194,6 +207,7 @@ def put_with_retries(
     storage: Storage,
     key: str,
     data: bytes,
+    content_type: str | None = None,
     *,
     attempts: int = WRITE_ATTEMPTS,
     backoff: float = WRITE_BACKOFF,
@@ -202,7 +216,7 @@ def put_with_retries(
     """`storage.put`, tried `attempts` times; the last StorageError propagates."""
     for attempt in range(1, attempts + 1):
         try:
-            storage.put(key, data)
+            storage.put(key, data, content_type)
             return
         except StorageError as exc:
             if attempt == attempts:

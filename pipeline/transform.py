@@ -1,4 +1,4 @@
-"""The pure image transform: downloaded bytes in, a compressed JPEG and its metadata out.
+"""The pure image transform: downloaded bytes in, a compressed image and its metadata out.
 
 No I/O and no shared state: `compress` reads only its arguments and returns a new
 value, so Dask can run it in any thread. Every way the bytes can be unusable ends
@@ -24,6 +24,7 @@ from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 from pipeline import image_plan
 from pipeline.errors import ImageRejected
 from pipeline.image_plan import Header, Route
+from pipeline.options import DEFAULT_OPTIONS, MAX_QUALITY, MIN_QUALITY, OutputOptions, fit_inside
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -37,6 +38,10 @@ _TURNS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# Orientations whose turn swaps width and height.
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})
+# AVIF's encoder speed (0 slowest .. 10 fastest): see `_encode`.
+AVIF_SPEED = 8
 # The ICC colour-space signature (header bytes 16-20) that fits each output mode.
 _ICC_SPACE = {"RGB": b"RGB ", "L": b"GRAY"}
 _SIGNATURES = {
@@ -60,23 +65,24 @@ class Compressed:
 
 def compress(
     data: bytes,
+    options: OutputOptions = DEFAULT_OPTIONS,
     *,
-    quality: int = 50,
     max_pixels: int = 50_000_000,
     max_memory: int | None = None,
 ) -> Compressed:
-    """Decode `data` (format sniffed, never trusted), make it upright, RGB or L, and JPEG it.
+    """Decode `data` (format sniffed, never trusted), make it upright, RGB or L, fit it
+    inside the options' box, and encode it in the options' format and quality.
 
     Metadata is dropped (EXIF and so GPS, XMP, comments); only an ICC profile that
     still describes the output pixels is kept. Raises `ImageRejected` for bytes that
-    are not a complete, supported image of at most `max_pixels` pixels whose sides
-    fit a JPEG and whose conversion needs at most `max_memory` bytes (default: the
-    budget `image_plan` derives from `max_pixels`); all three are judged from the
-    header, before any pixel is decoded.
+    are not a complete, supported image of at most `max_pixels` pixels whose output
+    fits the format and whose conversion needs at most `max_memory` bytes (default:
+    the budget `image_plan` derives from `max_pixels`); all three are judged from
+    the header, before any pixel is decoded.
     """
     # Bad settings are the caller's bug, not the image's: don't record them per image.
-    if not 1 <= quality <= 95:
-        raise ValueError(f"JPEG quality must be 1..95, got {quality}")
+    if not MIN_QUALITY <= options.quality <= MAX_QUALITY:
+        raise ValueError(f"quality must be {MIN_QUALITY}..{MAX_QUALITY}, got {options.quality}")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     if max_memory is None:
@@ -85,9 +91,17 @@ def compress(
         raise ValueError(f"max_memory must be positive, got {max_memory}")
     if not data:
         raise ImageRejected("empty file (0 bytes)")
+    output_format = options.format.upper()
 
-    def check(header: Header) -> None:
-        if reason := image_plan.refusal(header, max_pixels=max_pixels, max_memory=max_memory):
+    def check(header: Header, size: tuple[int, int]) -> None:
+        reason = image_plan.refusal(
+            header,
+            max_pixels=max_pixels,
+            max_memory=max_memory,
+            output_format=output_format,
+            output_size=size,
+        )
+        if reason:
             raise ImageRejected(reason)
 
     source_format = _sniff(data) or "image"  # for the reason, if even the header is bad
@@ -95,22 +109,30 @@ def compress(
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as im:
             source_format, source_mode = im.format or "image", im.mode
             # Only the header has been read so far, so a bomb costs nothing yet.
-            check(_header(im, data, decoded=False))
+            header = _header(im, data, decoded=False)
+            source_size = im.size
+            size = _output_size(source_size, header.orientation, options)
+            check(header, size)
+            _draft(im, header, size)
             im.load()  # decode everything now: truncated data fails here, not later
             # Decoding can reveal an EXIF rotation (a PNG's eXIf chunk may follow
-            # its pixels): judge the conversions by what is known now.
+            # its pixels), and a draft decodes fewer pixels: judge the rest by
+            # what is known now. The output's size is the source's, fitted, however
+            # many pixels the draft decoded.
             header = _header(im, data, decoded=True)
-            check(header)
+            size = _output_size(source_size, header.orientation, options)
+            check(header, size)
             route = image_plan.route(header)
             icc = im.info.get("icc_profile") or None
             out = _convert(im, route, icc)
             if out is not im:
                 im.close()  # release the decoded pixels before the next copy
+            out = _resize(out, _stored_size(size, header.orientation))
             out = _turn(out, header.orientation)
             # CMYK converted through its profile is sRGB: left untagged, as browsers
-            # read untagged JPEGs, which also saves the profile's bytes.
+            # read untagged images, which also saves the profile's bytes.
             keep_icc = route.name != "CMYK to RGB" and _describes(icc, out.mode)
-            encoded = _encode(out, quality, icc if keep_icc else None)
+            encoded = _encode(out, options, icc if keep_icc else None)
             width, height = out.size
             out.close()
             return Compressed(
@@ -135,6 +157,45 @@ def compress(
         if isinstance(exc, EOFError) or "truncated" in detail.lower() or _cut_short_riff(data):
             raise ImageRejected(f"truncated {source_format} data: {detail}") from exc
         raise ImageRejected(f"cannot decode {source_format} data: {detail}") from exc
+
+
+def _output_size(
+    source: tuple[int, int], orientation: int, options: OutputOptions
+) -> tuple[int, int]:
+    """The upright output's size: the upright source fitted inside the options' box."""
+    width, height = source
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return fit_inside(width, height, options.max_width, options.max_height)
+
+
+def _stored_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """An upright size as the pixels are stored, before the EXIF turn."""
+    return (size[1], size[0]) if orientation in _SWAPS_SIDES else size
+
+
+def _draft(im: Image.Image, header: Header, size: tuple[int, int]) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when the output is that much smaller.
+
+    libjpeg then skips most of the inverse DCT work and memory: the decoded image
+    is still at least the output's size, so the resize that follows loses nothing.
+    """
+    if header.format != "JPEG":
+        return
+    target = _stored_size(size, header.orientation)
+    if 2 * target[0] <= header.width and 2 * target[1] <= header.height:
+        im.draft(None, target)
+
+
+def _resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if im.size == size:
+        return im
+    # Lanczos, as image tools resize photos; `reducing_gap` first shrinks by whole
+    # factors with a box filter (cheap), leaving Lanczos at most 3x to do, with
+    # no visible difference from Lanczos all the way.
+    resized = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    im.close()
+    return resized
 
 
 def _header(im: Image.Image, data: bytes, *, decoded: bool) -> Header:
@@ -277,25 +338,51 @@ def _stored_bits_per_pixel(im: Image.Image) -> int:
     return sum(bits) if len(bits) == samples else int(bits[0]) * samples
 
 
-def _encode(im: Image.Image, quality: int, icc: bytes | None) -> bytes:
+def _encode(im: Image.Image, options: OutputOptions, icc: bytes | None) -> bytes:
     buf = io.BytesIO()
-    im.save(
-        buf,
-        "JPEG",
-        quality=quality,
-        # Optimal Huffman tables: lossless, and on our photo-like test images at q50
-        # 20-25% smaller for about 1.5x the encode time (2000x1500: 12 ms vs 7 ms).
-        optimize=True,
-        # Baseline: progressive was no smaller than optimized baseline there, took
-        # twice as long to encode, and costs clients more memory to decode.
-        progressive=False,
-        # 4:2:0 is what every encoder uses at this quality: the eye barely sees
-        # chroma resolution, and it halves the colour data.
-        subsampling="4:2:0",
-        icc_profile=icc,
-        exif=b"",
-        comment=b"",  # Pillow would otherwise copy a source JPEG's comment
-    )
+    if options.format == "jpeg":
+        im.save(
+            buf,
+            "JPEG",
+            quality=options.quality,
+            # Optimal Huffman tables: lossless, and on our photo-like test images at q50
+            # 20-25% smaller for about 1.5x the encode time (2000x1500: 12 ms vs 7 ms).
+            optimize=True,
+            # Baseline: progressive was no smaller than optimized baseline there, took
+            # twice as long to encode, and costs clients more memory to decode.
+            progressive=False,
+            # 4:2:0 is what every encoder uses at this quality: the eye barely sees
+            # chroma resolution, and it halves the colour data.
+            subsampling="4:2:0",
+            icc_profile=icc,
+            exif=b"",
+            comment=b"",  # Pillow would otherwise copy a source JPEG's comment
+        )
+    elif options.format == "webp":
+        # WebP has no grey images: the encoder makes L into RGB, which a grey
+        # profile no longer describes.
+        im.save(
+            buf,
+            "WEBP",
+            quality=options.quality,
+            method=4,  # libwebp's own default: 0 (Pillow's) is 10-15% larger
+            icc_profile=icc if im.mode == "RGB" else None,
+            exif=b"",
+            xmp=b"",
+        )
+    else:
+        im.save(
+            buf,
+            "AVIF",
+            quality=options.quality,
+            speed=AVIF_SPEED,
+            # One thread: Dask already runs one task per core; the encoder's own
+            # threads would only contend with them.
+            max_threads=1,
+            icc_profile=icc,
+            exif=b"",
+            xmp=b"",
+        )
     return buf.getvalue()
 
 

@@ -42,6 +42,7 @@ from pipeline.models import (
     RequestRecord,
     RequestStatus,
 )
+from pipeline.options import OutputOptions
 from pipeline.records.rules import delivery_due, first_per_image
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class MongoRecordStore:
                 "error": None,
                 "webhook": {},
                 "owner": request.owner,
+                "options": request.options.as_dict(),
                 "cancelled_images": 0,
                 "cancel_requested_at": None,
                 "lease_owner": None,
@@ -613,6 +615,7 @@ def _request_record(doc: Mapping[str, Any]) -> RequestRecord:
         lease_expires_at=_utc_or_none(doc.get("lease_expires_at")),
         heartbeat_at=_utc_or_none(doc.get("heartbeat_at")),
         waiting_reason=doc.get("waiting_reason"),
+        options=OutputOptions.from_dict(doc["options"]) if doc.get("options") else None,
     )
 
 

@@ -38,6 +38,7 @@ from pipeline.models import (
     RequestRecord,
     RequestStatus,
 )
+from pipeline.options import OutputOptions
 from pipeline.records.rules import delivery_due, first_per_image
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ _ADDED_REQUEST_COLUMNS = (
     ("delivery_owner", "TEXT"),
     ("delivery_expires_at", "TEXT"),
     ("waiting_reason", "TEXT"),
+    ("options", "TEXT"),  # JSON of OutputOptions; NULL for requests from before them
 )
 # The predicate must match the partial index's text for SQLite to use it.
 _PENDING_DELIVERY = "json_extract(webhook, '$.status') = 'pending'"
@@ -169,9 +171,9 @@ class SqliteRecordStore:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO requests (request_id, status, total_rows, total_images,"
-                " created_at, updated_at, source_name, webhook_url, owner)"
+                " created_at, updated_at, source_name, webhook_url, owner, options)"
                 " VALUES (:id, 'pending', :rows, :images, :at, :at, :source, :webhook_url,"
-                " :owner)",
+                " :owner, :options)",
                 {
                     "id": request.request_id,
                     "rows": request.total_rows,
@@ -180,6 +182,7 @@ class SqliteRecordStore:
                     "source": request.source_name,
                     "webhook_url": request.webhook_url,
                     "owner": request.owner,
+                    "options": json.dumps(request.options.as_dict()),
                 },
             )
 
@@ -781,6 +784,7 @@ def _request_record(row: sqlite3.Row) -> RequestRecord:
         lease_expires_at=_dt_or_none(row["lease_expires_at"]),
         heartbeat_at=_dt_or_none(row["heartbeat_at"]),
         waiting_reason=row["waiting_reason"],
+        options=OutputOptions.from_dict(json.loads(row["options"])) if row["options"] else None,
     )
 
 

@@ -5,7 +5,7 @@ import pytest
 from pipeline.records import SqliteRecordStore
 from pipeline.settings import Settings
 from pipeline.storage import Storage, storage_config
-from tests.api.support import RecordingRunner, make_client
+from tests.api.support import RecordingRunner, make_client, stored_files
 
 
 @pytest.fixture
@@ -33,3 +33,15 @@ def runner():
 @pytest.fixture
 def client(settings, store, storage, runner):
     return make_client(settings, store, storage, runner)
+
+
+@pytest.fixture
+def assert_nothing_recorded(settings, store, runner):
+    """A refused upload left no trace: nothing submitted, recorded or stored."""
+
+    def check():
+        assert runner.submitted == []
+        assert store.unfinished_requests() == []
+        assert stored_files(settings) == []
+
+    return check

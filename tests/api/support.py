@@ -58,7 +58,7 @@ def make_client(
     return falcon.testing.TestClient(app)
 
 
-def multipart(fields: dict) -> tuple[bytes, dict[str, str]]:
+def multipart(fields: dict | list) -> tuple[bytes, dict[str, str]]:
     body, content_type = encode_multipart_formdata(fields)
     return body, {"Content-Type": content_type}
 

@@ -24,6 +24,7 @@ def test_upload_accepts_and_submits(client, store, storage, runner, path):
         "output_csv_url": f"http://api.test/api/v1/output/{rid}.csv",
         "total_products": 2,
         "total_images": 3,
+        "options": {"format": "jpeg", "quality": 50, "max_width": None, "max_height": None},
     }
     assert response.headers["location"] == f"/api/v1/requests/{rid}"
     assert runner.submitted == [rid]

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.api.support import make_client, multipart, stored_files, upload
+from tests.api.support import make_client, multipart, upload
 
 HEADER = b"S. No.,Product Name,Input Image Urls\n"
 URL = b"https://img.example.com/a.jpg"
@@ -191,16 +191,6 @@ BAD_CSVS = {
         None,
     ),
 }
-
-
-@pytest.fixture
-def assert_nothing_recorded(settings, store, runner):
-    def check():
-        assert runner.submitted == []
-        assert store.unfinished_requests() == []
-        assert stored_files(settings) == []
-
-    return check
 
 
 @pytest.mark.parametrize("case", list(BAD_CSVS))

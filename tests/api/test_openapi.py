@@ -22,6 +22,7 @@ from schemathesis.checks import (
 from api import openapi
 from api.app import create_app
 from pipeline.models import ImageItem, ImageResult, RequestStatus, output_key
+from pipeline.options import FIELDS, FORMATS, MAX_SIDE, OptionDefaults
 from tests.api.support import GOOD_CSV, T0, upload
 
 
@@ -36,6 +37,67 @@ def test_every_status_is_documented():
     assert "cancelled" in schemas["Image"]["properties"]["status"]["enum"]
     for field in ("cancelled_images", "cancel_requested_at", "cancel_url"):
         assert field in schemas["Status"]["properties"], field
+
+
+UPLOADS = ("/api/v1/upload", "/api/images/upload")
+
+
+@pytest.mark.parametrize("path", UPLOADS)
+def test_upload_documents_the_output_options(path):
+    upload = openapi.document()["paths"][path]["post"]
+    form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert list(form["properties"]) == ["file", "webhook_url", *FIELDS]
+    assert form["required"] == ["file"]  # every option may be left out
+    fields = form["properties"]
+    assert set(FORMATS) | {"jpg"} == set(fields["format"]["enum"])
+    assert fields["format"]["default"] == "jpeg"
+    assert (fields["quality"]["type"], fields["quality"]["minimum"]) == ("integer", 1)
+    assert fields["quality"]["maximum"] == 95
+    assert "JPEG_QUALITY" in fields["quality"]["description"]
+    assert "WEBP_QUALITY" in fields["quality"]["description"]
+    for side in ("max_width", "max_height"):
+        assert fields[side]["type"] == "integer" and fields[side]["minimum"] == 1
+        assert fields[side]["maximum"] == max(MAX_SIDE.values())
+        assert "webp 16383" in fields[side]["description"]  # each format's own limit
+        assert "never enlarged" in fields[side]["description"]
+    assert "`field`" in upload["responses"]["422"]["description"]
+    assert upload["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Accepted"
+    }
+
+
+def test_options_are_in_every_status_and_error():
+    schemas = openapi.document()["components"]["schemas"]
+    ref = {"$ref": "#/components/schemas/Options"}
+    assert schemas["Accepted"]["properties"]["options"] == ref
+    # The list items and the cancel answer are Status too; null for a request
+    # recorded before options existed.
+    status_options = schemas["Status"]["properties"]["options"]
+    assert status_options["allOf"] == [ref] and status_options["nullable"] is True
+    for name in ("Accepted", "Status"):
+        assert "options" in schemas[name]["required"]
+    options = schemas["Options"]
+    assert options["required"] == list(FIELDS)
+    assert options["properties"]["format"]["enum"] == list(FORMATS)
+    assert options["properties"]["max_height"]["nullable"] is True
+    assert "field" in schemas["Error"]["properties"]
+
+
+def test_media_is_documented_in_every_format():
+    media = openapi.document()["paths"]["/media/{key}"]["get"]["responses"]["200"]
+    assert set(media["content"]) == {"image/jpeg", "image/webp", "image/avif"}
+
+
+def test_the_servers_defaults_are_stated_when_given():
+    defaults = OptionDefaults(format="webp", webp_quality=61, max_width=800)
+    doc = openapi.document("http://api.test", defaults)
+    validate(doc)
+    form = doc["paths"]["/api/v1/upload"]["post"]["requestBody"]["content"]
+    fields = form["multipart/form-data"]["schema"]["properties"]
+    assert fields["format"]["default"] == "webp"
+    assert "61 for webp" in fields["quality"]["description"]
+    assert "800 (this server's default)" in fields["max_width"]["description"]
+    assert "no bound on the height" in fields["max_height"]["description"]
 
 
 def test_every_route_is_documented(settings, store, storage, runner):
@@ -63,6 +125,9 @@ def test_served_and_rendered(client):
         assert f"<code class=''>{route}</code>" in page.text
     assert "<span class='method delete'>delete</span>" in page.text
     assert "ends `cancelled` shortly" in page.text  # what a cancel promises, in words
+    for field in FIELDS:  # each option with its type and meaning, on both upload routes
+        assert page.text.count(f"<td><code>{field}</code></td>") == 2, field
+    assert "never enlarged" in page.text
     home = client.simulate_get("/")
     assert home.status_code == 200 and 'id="upload"' in home.text
 
@@ -121,6 +186,29 @@ def test_known_requests_fit_the_document(live_app):
         case = op.Case(path_parameters=path_parameters, query=query)
         statuses.append(case.call_and_validate(checks=CHECKS).status_code)
     assert statuses.count(200) >= 21 and 409 in statuses and 404 in statuses
+
+    # Uploads with options: accepted with the options resolved, or refused naming the field.
+    posts = {
+        op.ok().path: op.ok() for op in schema.get_all_operations() if op.ok().method == "post"
+    }
+    for path in UPLOADS:
+        for form, expected in (
+            ({"format": "webp", "max_width": 512}, 202),
+            ({"format": "JPG", "quality": "70", "max_height": 300}, 202),
+            ({"quality": 0}, 422),
+            ({"format": "webp", "max_width": MAX_SIDE["webp"] + 1}, 422),
+            ({"resize": "200x200"}, 422),
+        ):
+            case = posts[path].Case(
+                body={"file": GOOD_CSV, **form}, media_type="multipart/form-data"
+            )
+            response = case.call_and_validate(checks=CHECKS)
+            assert response.status_code == expected, (path, form, response.text)
+            if expected == 422:
+                assert response.json()["field"] == next(iter(form.keys() - {"format"})), form
+            else:
+                options = response.json()["options"]
+                assert options["format"] == form["format"].lower().replace("jpg", "jpeg")
 
     # Cancel and delete, in an order that leaves each step something to act on.
     changes = {

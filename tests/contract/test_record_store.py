@@ -30,6 +30,7 @@ from pipeline.models import (
     RequestStatus,
     iso,
 )
+from pipeline.options import OutputOptions
 from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
 from pipeline.records.sqlite import _PENDING_DELIVERY, _UNFINISHED
 
@@ -109,6 +110,19 @@ def test_create_then_get_round_trips_every_field(store: RecordStore):
     assert record.created_at == ms(created)
     assert record.created_at.utcoffset() == timedelta(0)
     assert record.updated_at == record.created_at
+
+
+def test_options_round_trip_and_are_none_for_older_records(backend: Backend):
+    # A request resumed by another process, or after a restart, must come out as asked.
+    store = backend.store
+    store.create_request(new_request("chosen", options=OutputOptions("avif", 42, None, 640)))
+    store.create_request(new_request("plain"))
+    for each in (store, backend.reopen()):
+        chosen, plain = each.get_request("chosen"), each.get_request("plain")
+        assert chosen is not None and chosen.options == OutputOptions("avif", 42, None, 640)
+        assert plain is not None and plain.options == OutputOptions()
+    [listed], _ = store.list_requests(statuses=[RequestStatus.PENDING], limit=1)
+    assert listed.options is not None
 
 
 def test_unknown_request_is_none(store: RecordStore):

@@ -74,8 +74,20 @@ def test_all_good_exits_zero_with_default_output_path(tmp_path, image_server):
         (
             "S. No.,Product Name,Input Image Urls\n1,Lamp,https://x.example/a.jpg\n",
             ["--quality", "0"],
-            4,
-            "JPEG_QUALITY",
+            2,
+            "invalid option --quality: must be 1-95, got 0",
+        ),
+        (
+            "S. No.,Product Name,Input Image Urls\n1,Lamp,https://x.example/a.jpg\n",
+            ["--format", "gif"],
+            2,
+            "invalid option --format: must be one of jpeg, webp, avif",
+        ),
+        (
+            "S. No.,Product Name,Input Image Urls\n1,Lamp,https://x.example/a.jpg\n",
+            ["--max-width", "wide"],
+            2,
+            "invalid option --max-width: must be a whole number",
         ),
     ],
 )
@@ -86,6 +98,29 @@ def test_bad_input_exit_codes(tmp_path, content, args, code, needle):
     result = run_cli(tmp_path, str(source), "--no-progress", *args)
     assert result.returncode == code, (result.stdout, result.stderr)
     assert needle in result.stderr
+
+
+def test_options_choose_the_format_and_the_box(tmp_path, image_server):
+    url = image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg")
+    source = tmp_path / "products.csv"
+    source.write_text(f"S. No.,Product Name,Input Image Urls\n1,Lamp,{url}\n")
+    result = run_cli(
+        tmp_path, str(source), "--no-progress", "--format", "webp", "--max-width", "200"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader((tmp_path / "products.output.csv").open()))
+    assert rows[1][3].endswith("/images/0000000-000.webp")
+    store = SqliteRecordStore(Settings(data_dir=tmp_path / "data").sqlite_path)
+    try:
+        [record], _ = store.list_requests()
+        [image] = list(store.iter_images(record.request_id))
+    finally:
+        store.close()
+    assert (record.options.format, record.options.max_width) == ("webp", 200)
+    assert record.options.quality == Settings().webp_quality
+    assert (image.width, image.height) == (200, 150)
+    stored = tmp_path / "data" / "objects" / image.output_key
+    assert stored.read_bytes()[8:12] == b"WEBP"
 
 
 def test_every_final_status_has_its_documented_exit_code():

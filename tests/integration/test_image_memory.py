@@ -116,7 +116,11 @@ def test_worst_accepted_image_stays_under_the_per_image_figure(worst, name):
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("wide_png", "image is 49900000x1: a JPEG can be at most 65500 pixels on a side"),
+        (
+            "wide_png",
+            "image is 49900000x1: a JPEG can be at most 65500 pixels on a side; "
+            "set max_width and max_height to fit it",
+        ),
         (
             "rotated_rgba_png",
             "image is 7070x7070 RGBA PNG to be rotated: converting it needs about 800 MB, "

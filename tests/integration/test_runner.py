@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime
 
 import pytest
 from distributed import Client, LocalCluster
+from PIL import Image
 
 from pipeline import manifest
+from pipeline.batch import run_csv
 from pipeline.csv_input import parse_products
 from pipeline.deliveries import Deliveries
 from pipeline.models import (
     ImageResult,
+    ImageStatus,
     NewRequest,
     RequestStatus,
     image_items,
@@ -19,6 +24,8 @@ from pipeline.models import (
     output_key,
 )
 from pipeline.notify import WebhookSender
+from pipeline.options import OutputOptions
+from pipeline.outputs import csv_chunks as stored_csv_chunks
 from pipeline.service import build_services
 from pipeline.settings import Settings
 from pipeline.tasks import input_csv_key
@@ -167,3 +174,93 @@ def test_webhook_owed_by_a_finished_request_survives_the_process(
         2,
     )
     assert event["completed_at"] == iso(record.completed_at)
+
+
+# --- output options and repeated URLs ---------------------------------------------------
+
+
+def repeated_csv(image_server, prefix: str) -> tuple[bytes, str]:
+    """Five slots of one URL: twice in row 1, then in rows 3, 5 and 6 (other batches at
+    batch_size=2), among other images."""
+    same = image_server.add(f"/{prefix}/same.jpg", images.jpeg_rgb(), content_type="image/jpeg")
+    other = [
+        image_server.add(f"/{prefix}/o{i}.png", images.png_rgba(), content_type="image/png")
+        for i in range(4)
+    ]
+    rows = [
+        f'1,Shirt S,"{same},{other[0]},{same}"',
+        f"2,Shirt M,{other[1]}",
+        f'3,Shirt L,"{other[2]},{same}"',
+        f"4,Cap,{other[3]}",
+        f"5,Shirt XL,{same}",
+        f"6,Shirt XXL,{same}",
+    ]
+    return ("S. No.,Product Name,Input Image Urls\n" + "\n".join(rows) + "\n").encode(), same
+
+
+def test_a_repeated_url_is_fetched_once_and_every_slot_gets_its_output(services, image_server):
+    csv_bytes, same = repeated_csv(image_server, "rep")
+    record = run_csv(
+        services, csv_bytes, format="webp", max_width=64, max_height=64, progress=False
+    )
+    assert record.status is RequestStatus.COMPLETED
+    assert (record.total_images, record.processed_images) == (9, 9)
+    assert image_server.hits["/rep/same.jpg"] == 1
+    slots = [i for i in services.store.iter_images(record.request_id) if i.input_url == same]
+    assert [(i.row, i.position) for i in slots] == [(0, 0), (0, 2), (2, 1), (4, 0), (5, 0)]
+    assert {i.status for i in slots} == {ImageStatus.DONE}
+    assert {i.output_key for i in slots} == {output_key(record.request_id, 0, 0, "webp")}
+    data = services.storage.get(slots[0].output_key)
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.format == "WEBP" and out.size == (64, 48)
+    # The output CSV gives each slot its URL.
+    lines = list(csv.reader(io.StringIO(b"".join(csv_chunks(services, record)).decode())))
+    url = services.storage.url(slots[0].output_key)
+    assert [line[3].split(",").count(url) for line in lines[1:]] == [2, 0, 1, 0, 1, 1]
+
+
+def test_a_resumed_request_keeps_its_options_and_finishes_pending_repeats(services, image_server):
+    csv_bytes, _ = repeated_csv(image_server, "res")
+    rid = "a" * 32
+    services.storage.put(input_csv_key(rid), csv_bytes)
+    options = OutputOptions("avif", 40, 100, None)
+    services.store.create_request(
+        NewRequest(
+            request_id=rid,
+            created_at=datetime.now(UTC),
+            total_rows=6,
+            total_images=9,
+            options=options,
+        )
+    )
+    # A previous process recorded the images and the first slot of the repeated URL,
+    # but died before its repeats were written (MongoDB writes them one by one).
+    store = services.store
+    store.add_images(rid, image_items(parse_products(csv_bytes)))
+    store.mark_processing(rid, datetime.now(UTC))
+    first = output_key(rid, 0, 0, "avif")
+    services.storage.put(first, b"made before")
+    store.apply_results(
+        rid,
+        [ImageResult(0, 0, ok=True, output_key=first, bytes_in=1, bytes_out=1)],
+        datetime.now(UTC),
+    )
+
+    services.sweeper.take_over()
+    assert services.driver.wait(rid, timeout=120)
+    record = store.get_request(rid)
+    assert record.status is RequestStatus.COMPLETED, record.error
+    assert record.options == options
+    images_ = {(i.row, i.position): i for i in store.iter_images(rid)}
+    assert all(i.status is ImageStatus.DONE for i in images_.values())
+    # The repeats got the URL's result again, fetched once more (not once per slot).
+    assert image_server.hits["/res/same.jpg"] == 1
+    assert images_[(4, 0)].output_key == first and images_[(0, 2)].output_key == first
+    other = images_[(0, 1)]
+    assert other.output_key.endswith(".avif") and other.width == 100
+    with Image.open(io.BytesIO(services.storage.get(other.output_key))) as out:
+        assert out.format == "AVIF"
+
+
+def csv_chunks(services, record):
+    return stored_csv_chunks(services.store, services.storage, record.request_id)

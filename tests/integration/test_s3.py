@@ -125,8 +125,14 @@ def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, u
     try:
         a = image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg")
         b = image_server.add("/b.png", images.png_rgba(), content_type="image/png")
+        # The presigned leg also asks for WebP: S3 must serve it as WebP.
+        fmt, extension, content_type = (
+            ("jpeg", "jpg", "image/jpeg")
+            if url_mode == "public"
+            else ("webp", "webp", "image/webp")
+        )
         response = service.upload(
-            f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{a},{b}"\n'.encode()
+            f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{a},{b}"\n'.encode(), format=fmt
         )
         assert response.status == 202, response.data
         request_id = json.loads(response.data)["request_id"]
@@ -145,8 +151,8 @@ def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, u
             f"{prefix}/input.csv",
             f"{prefix}/manifest.parquet",
             f"{prefix}/output.csv",
-            f"{prefix}/images/0000000-000.jpg",
-            f"{prefix}/images/0000000-001.jpg",
+            f"{prefix}/images/0000000-000.{extension}",
+            f"{prefix}/images/0000000-001.{extension}",
         }
         # Nothing was written to local disk but the records.
         assert not (tmp_path / "data" / "objects").exists()
@@ -162,8 +168,9 @@ def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, u
             assert ("X-Amz-Signature=" in url) == (url_mode == "presigned")
             fetched = service.get(url)
             assert fetched.status == 200
+            assert fetched.headers["Content-Type"] == content_type
             with Image.open(io.BytesIO(fetched.data)) as out:
-                assert out.format == "JPEG"
+                assert out.format == fmt.upper()
             if url_mode == "presigned":
                 assert anonymous_get(url.partition("?")[0]).status == 403  # unsigned
         # The request's own files are not for whoever learns an image link: the input

@@ -39,7 +39,7 @@ def test_environment_overrides_and_types():
     ("env", "needle"),
     [
         ({"PORT": "http"}, "PORT='http' is not a valid int"),
-        ({"JPEG_QUALITY": "0"}, "JPEG_QUALITY must be 1..95"),
+        ({"JPEG_QUALITY": "0"}, "JPEG_QUALITY must be 1-95"),
         ({"ALLOW_PRIVATE_NETWORKS": "maybe"}, "ALLOW_PRIVATE_NETWORKS"),
         ({"BATCH_SIZE": "0"}, "BATCH_SIZE"),
         ({"READ_TIMEOUT": "-1"}, "READ_TIMEOUT"),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageStat
 
 from pipeline.errors import ImageRejected
+from pipeline.options import OutputOptions
 from pipeline.transform import SUPPORTED_FORMATS, Compressed, compress
 from tests import imagefactory as images
 
@@ -218,7 +219,7 @@ def test_pillows_bomb_warning_does_not_bypass_our_limit():
 @pytest.mark.parametrize("quality", [0, 96, -1, 100])
 def test_invalid_quality_is_a_caller_error(quality):
     with pytest.raises(ValueError, match="quality"):
-        compress(images.jpeg_rgb(), quality=quality)
+        compress(images.jpeg_rgb(), OutputOptions(quality=quality))
 
 
 def test_invalid_pixel_limit_is_a_caller_error():
@@ -240,7 +241,7 @@ def test_not_an_image_reason_says_what_it_looks_like():
 
 def test_lower_quality_gives_smaller_output():
     data = images.jpeg_rgb()
-    sizes = [len(compress(data, quality=q).data) for q in (20, 50, 80, 95)]
+    sizes = [len(compress(data, OutputOptions(quality=q)).data) for q in (20, 50, 80, 95)]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
 
 

@@ -14,7 +14,7 @@ class FlakyStorage:
         self.attempts = 0
         self.objects: dict[str, bytes] = {}
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise StorageError(f"could not write {key}: throttled")
