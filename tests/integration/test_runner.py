@@ -24,7 +24,7 @@ from pipeline.models import (
     output_key,
 )
 from pipeline.notify import WebhookSender
-from pipeline.options import OutputOptions
+from pipeline.options import OptionError, OutputOptions
 from pipeline.outputs import csv_chunks as stored_csv_chunks
 from pipeline.service import build_services
 from pipeline.settings import Settings
@@ -264,3 +264,11 @@ def test_a_resumed_request_keeps_its_options_and_finishes_pending_repeats(servic
 
 def csv_chunks(services, record):
     return stored_csv_chunks(services.store, services.storage, record.request_id)
+
+
+def test_run_csv_refuses_a_bad_option_before_anything_is_stored(services, image_server):
+    csv_bytes, _ = repeated_csv(image_server, "bad")
+    with pytest.raises(OptionError) as caught:
+        run_csv(services, csv_bytes, format="webp", max_width=20_000, progress=False)
+    assert caught.value.field == "max_width"
+    assert services.store.list_requests() == ([], 0)
