@@ -15,7 +15,9 @@ from pathlib import Path
 import falcon
 
 from api import docs, errors, openapi
+from api.access_log import AccessLog
 from api.auth import ApiKeys, RequireApiKey
+from api.images import FailuresCsv, RequestImages
 from api.limits import RateLimit, TokenBuckets
 from api.requests import Cancellation, Request, Requests
 from api.resources import Health, Html, Media, OpenApi, OutputCsv, RequestStatusResource
@@ -56,6 +58,8 @@ def create_app(
     keys = ApiKeys(settings.api_key_list)
     # Limit first, so failed key guesses are limited too (by address).
     middleware: list[object] = []
+    if settings.access_log:  # first: it times, and logs, every answer the others give too
+        middleware.append(AccessLog(monotonic))
     if settings.rate_limit_per_minute:
         buckets = TokenBuckets(
             settings.rate_limit_per_minute, settings.rate_limit_burst, clock=monotonic
@@ -73,7 +77,7 @@ def create_app(
     base_url = settings.base_url
     uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id, keys=keys)
     status = RequestStatusResource(
-        store, storage, base_url=base_url, keys=keys, dashboard_url=dashboard_url
+        store, storage, base_url=base_url, keys=keys, dashboard_url=dashboard_url, clock=clock
     )
     for prefix in ("/api/v1/upload", "/api/images/upload"):  # the second: seed clients
         app.add_route(prefix, uploads)
@@ -81,12 +85,19 @@ def create_app(
         app.add_route(prefix, status)
     app.add_route(
         "/api/v1/requests",
-        Requests(store, base_url=base_url, keys=keys, dashboard_url=dashboard_url),
+        Requests(store, base_url=base_url, keys=keys, dashboard_url=dashboard_url, clock=clock),
     )
     app.add_route(
         "/api/v1/requests/{request_id}",
-        Request(store, storage, base_url=base_url, keys=keys, dashboard_url=dashboard_url),
+        Request(
+            store, storage, base_url=base_url, keys=keys, dashboard_url=dashboard_url, clock=clock
+        ),
     )
+    app.add_route(
+        "/api/v1/requests/{request_id}/images",
+        RequestImages(store, storage, base_url=base_url, keys=keys),
+    )
+    app.add_route("/api/v1/requests/{request_id}/failures.csv", FailuresCsv(store, keys=keys))
     app.add_route(
         "/api/v1/requests/{request_id}/cancel",
         Cancellation(

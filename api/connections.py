@@ -13,14 +13,28 @@ byte, so a client that drips one byte a second keeps its connection for as
 long as it likes. Against many such clients only a reverse proxy with a
 deadline for the whole header helps (README "Behind a reverse proxy").
 
-`plan_descriptors` and `waitress_options` are pure; `make_room` is the I/O.
+What waitress refuses itself never reaches the app: a body over
+`max_request_body_size` (refused from its declared length before a byte of it
+is read, or as a chunked one passes the limit), headers over the limit, a
+request it cannot parse. `JsonErrorChannel` gives those answers the app's own
+shape, a JSON body with a title and a description (`refusal`), and an access
+log line, without changing when or how waitress refuses.
+
+`plan_descriptors`, `waitress_options` and `refusal` are pure; `make_room` is the I/O.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
+
+from api.access_log import ACCESS_LOGGER, access_line
+from api.uploads import FORM_OVERHEAD_BYTES
 from pipeline.settings import MIN_API_CONNECTION_LIMIT, Settings
 
 # waitress: "Each channel consumes at least one file descriptor, and, depending on
@@ -141,6 +155,71 @@ def connections_summary(settings: Settings, connection_limit: int) -> str:
         f"{settings.api_channel_timeout} s with nothing sent either way "
         f"(API_CHANNEL_TIMEOUT), requests run on {settings.api_threads} threads (API_THREADS)"
     )
+
+
+# Titles as api/errors.py words them.
+_TITLES = {
+    400: "Bad request",
+    413: "Payload too large",
+    431: "Request headers too large",
+    500: "Internal server error",
+    501: "Not implemented",
+}
+
+
+def refusal(code: int, detail: str, adj: Adjustments, declared_length: int) -> dict[str, str]:
+    """The JSON body of an answer waitress gives itself; `detail` is waitress's own text."""
+    if code == 413:
+        # waitress's limit is the CSV's plus room for the form (api.uploads.max_body_bytes).
+        limit = adj.max_request_body_size - FORM_OVERHEAD_BYTES
+        size = f"{declared_length:,} bytes" if declared_length else "over the limit"
+        description = (
+            f"the upload is {size}; the limit is {limit:,} bytes for the CSV "
+            "(MAX_UPLOAD_BYTES); split the file"
+        )
+    elif code == 431:
+        description = (
+            f"the request's headers are over {adj.max_request_header_size:,} bytes; "
+            "send fewer or shorter headers"
+        )
+    elif code == 500:
+        description = "the server failed while answering; try again, and report it if it persists"
+    else:
+        description = f"the server could not read this HTTP request: {detail.rstrip('.')}"
+    return {"title": _TITLES.get(code, "Bad request"), "description": description}
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's answer to what it refuses itself, as JSON (its own is plain text)."""
+
+    def execute(self) -> None:
+        error, request = self.request.error, self.request
+        body = json.dumps(
+            refusal(error.code, str(error.body), self.channel.adj, request.content_length)
+        ).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()  # what is left of the body is never read
+        self.content_length = len(body)
+        self.write(body)
+        addr = self.channel.addr
+        # A request refused before its first line was parsed has no method or path yet.
+        line = access_line(
+            addr[0] if isinstance(addr, tuple) else None,
+            getattr(request, "command", None),
+            getattr(request, "path", None),
+            getattr(request, "query", None),
+            error.code,
+            None,
+            len(body),
+        )
+        logging.getLogger(ACCESS_LOGGER).info("%s", line)
+
+
+class JsonErrorChannel(HTTPChannel):
+    """A connection whose refusals are `JsonErrorTask`s (waitress's hook for it)."""
+
+    error_task_class = JsonErrorTask
 
 
 def _show(limit: int, infinity: int) -> str:

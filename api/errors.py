@@ -47,7 +47,9 @@ def _respond(resp: falcon.Response, code: int, title: str, description: str, **e
 
 
 def _csv_error(req, resp, exc: CsvError, params) -> None:
-    _respond(resp, exc.status, exc.title, str(exc), row=exc.row, column=exc.column)
+    # `line`: the line of the uploaded file; `row` is the same number, kept for
+    # older clients.
+    _respond(resp, exc.status, exc.title, str(exc), line=exc.row, row=exc.row, column=exc.column)
 
 
 def _input_error(req, resp, exc: InputError, params) -> None:

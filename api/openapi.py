@@ -1,6 +1,10 @@
-"""The OpenAPI 3 document of the HTTP API, served at /api/v1/openapi.json.
+"""The OpenAPI 3.1 document of the HTTP API, served at /api/v1/openapi.json.
 
-Written by hand next to the routes it describes; a test validates it, and a
+Written by hand next to the routes it describes, with an example for every
+operation and the completion webhook under `webhooks`. The older clients'
+routes stay in `paths` (clients and schemathesis call them) as deprecated
+aliases of their v1 operation: its parameters and answers, without its prose
+and examples. A test validates the document and every example in it, and a
 schemathesis run checks the live app against it (no 5xx, no response that
 breaks it).
 """
@@ -9,7 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.images import DEFAULT_PER_PAGE as DEFAULT_IMAGES_PER_PAGE
+from api.images import FAILURE_COLUMNS
 from api.requests import DEFAULT_LIST_PER_PAGE, MAX_LIST_PAGE, MAX_LIST_PER_PAGE
+from api.resources import DEFAULT_PER_PAGE as DEFAULT_PRODUCTS_PER_PAGE
+from api.resources import MAX_PER_PAGE
+from pipeline.links import Links
 from pipeline.models import ImageStatus, RequestStatus
 from pipeline.options import (
     CONTENT_TYPES,
@@ -22,6 +31,7 @@ from pipeline.options import (
     OptionDefaults,
 )
 
+OPENAPI_VERSION = "3.1.0"  # 3.1 for `webhooks`; nullable is JSON Schema's type list
 ERROR_CODES = {
     "400": "Malformed request (bad multipart body, missing 'file' field, bad query parameter)",
     "401": "API key required or invalid (only when API_KEYS is set)",
@@ -35,26 +45,61 @@ ERROR_CODES = {
     "429": "Over the rate limit; see Retry-After",
     "503": "A backend (storage or records) is failing; retry",
 }
+FAILURE_REASONS_SHOWN = 20  # RecordStore.failure_summary's limit
+FINAL_STATUSES = [s.value for s in RequestStatus if s.is_final]
+REQUEST_STATUSES = [s.value for s in RequestStatus]
+IMAGE_STATUSES = [s.value for s in ImageStatus]
+STATUS_MEANINGS = (
+    "pending: recorded, not yet taken by a driver; queued: a driver owns it and waits for "
+    "room on the cluster; processing: some of its images are being processed; completed, "
+    "completed_with_errors (some images failed), failed (every image failed, or the "
+    "request as a whole could not run: `error` says why) and cancelled are final."
+)
+# The older clients' routes: (path, method) -> (their operationId, the v1 operation's).
+ALIASES = {
+    ("/api/images/upload", "post"): ("uploadLegacy", "upload"),
+    ("/api/images/upload", "get"): ("uploadHelpLegacy", "uploadHelp"),
+    ("/api/v1/status/{request_id}", "get"): ("status", "getRequest"),
+    ("/api/status/{request_id}", "get"): ("statusLegacy", "getRequest"),
+}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "nullable": True}
+    """`schema`, or null. An enum must list null too, or JSON Schema refuses it."""
+    if "type" not in schema:  # a $ref or a composition
+        notes = {k: v for k, v in schema.items() if k in ("description", "default")}
+        core = {k: v for k, v in schema.items() if k not in notes}
+        return {"anyOf": [core, {"type": "null"}], **notes}
+    nullable = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
 
 
-def _errors(*codes: str, meanings: dict[str, str] | None = None) -> dict[str, Any]:
-    """Error responses; `meanings` says what a code means on this route, when it differs."""
-    ref = {"$ref": "#/components/schemas/Error"}
-    return {
-        c: {
-            "description": (meanings or {}).get(c, ERROR_CODES[c]),
-            "content": {"application/json": {"schema": ref}},
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str, examples: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON response of schema `name`; `examples`: summary -> value."""
+    media: dict[str, Any] = {"schema": _ref(name)}
+    if examples:
+        media["examples"] = {
+            _key(summary): {"summary": summary, "value": value}
+            for summary, value in examples.items()
         }
-        for c in codes
+    return {"description": description, "content": {"application/json": media}}
+
+
+def _key(summary: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in summary.lower()).strip("_")
+
+
+def _text(ctype: str, description: str, example: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {ctype: {"schema": {"type": "string"}, "example": example}},
     }
-
-
-def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
 REQUEST_ID = {
@@ -65,214 +110,899 @@ REQUEST_ID = {
     "schema": {"type": "string"},
 }
 TIME = _nullable({"type": "string", "format": "date-time"})
-REQUEST_STATUSES = [s.value for s in RequestStatus]
-STATUS_MEANINGS = (
-    "pending: recorded, not yet taken by a driver; queued: a driver owns it and waits for "
-    "room on the cluster; processing: some of its images are being processed; completed, "
-    "completed_with_errors (some images failed), failed (the request as a whole) and "
-    "cancelled are final."
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "description": "Every error answer: a title, and a description a person can act "
+            "on; some carry more fields saying what to fix.",
+            "required": ["title"],
+            "properties": {
+                "title": {"type": "string"},
+                "description": {"type": "string"},
+                "line": _nullable(
+                    {
+                        "type": "integer",
+                        "description": "on 422 for the CSV: the line of the uploaded file "
+                        "at fault (the header is line 1)",
+                    }
+                ),
+                "row": _nullable(
+                    {"type": "integer", "description": "the same as line; kept for older clients"}
+                ),
+                "column": _nullable(
+                    {"type": "string", "description": "on 422 for the CSV: the column at fault"}
+                ),
+                "retry_after": {"type": "integer", "description": "on 429: seconds to wait"},
+                "status": {"type": "string", "description": "on 409: the request's status"},
+                "component": {
+                    "type": "string",
+                    "enum": ["records", "storage"],
+                    "description": "on 503: the backend that is failing",
+                },
+                "field": {
+                    "type": "string",
+                    "description": "on 422 for an output option: the form field at fault "
+                    f"({', '.join(FIELDS)}, or the name of a field that is not an option)",
+                },
+                "example": {
+                    "type": "string",
+                    "description": "on 405 from the upload route: a curl command that uploads",
+                },
+                "docs": {
+                    "type": "string",
+                    "description": "on 405 from the upload route: this documentation's URL",
+                },
+            },
+        },
+        "Options": {
+            "type": "object",
+            "description": "The request's output options as resolved when it was accepted "
+            "(the caller's, completed from the server's defaults) and stored with it.",
+            "required": list(FIELDS),
+            "properties": {
+                "format": {
+                    "type": "string",
+                    "enum": list(FORMATS),
+                    "description": "output image format; output URLs end "
+                    + ", ".join(f".{EXTENSIONS[f]} ({f})" for f in FORMATS),
+                },
+                "quality": {"type": "integer", "minimum": MIN_QUALITY, "maximum": MAX_QUALITY},
+                "max_width": _nullable(
+                    {"type": "integer", "minimum": 1, "description": "null: no bound on the width"}
+                ),
+                "max_height": _nullable(
+                    {"type": "integer", "minimum": 1, "description": "null: no bound on the height"}
+                ),
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "description": "The answer to an upload: the request is recorded and will run.",
+            "required": [
+                "request_id",
+                "status",
+                "status_url",
+                "output_csv_url",
+                "total_products",
+                "total_images",
+                "options",
+            ],
+            "properties": {
+                "request_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending"]},
+                "status_url": {"type": "string", "format": "uri", "description": "poll this"},
+                "output_csv_url": {
+                    "type": "string",
+                    "format": "uri",
+                    "description": "where the output CSV will be once the request is final",
+                },
+                "total_products": {"type": "integer", "minimum": 1},
+                "total_images": {"type": "integer", "minimum": 1},
+                "options": _ref("Options"),
+            },
+        },
+        "Image": {
+            "type": "object",
+            "description": "One image of a product, in a status's products page.",
+            "required": [
+                "input_url",
+                "status",
+                "output_url",
+                "error",
+                "bytes_in",
+                "bytes_out",
+                "width",
+                "height",
+            ],
+            "properties": {
+                "input_url": {"type": "string"},
+                "status": {
+                    "type": "string",
+                    "enum": IMAGE_STATUSES,
+                    "description": "cancelled: its request was cancelled before it had a result",
+                },
+                "output_url": _nullable(
+                    {"type": "string", "description": "ends with the extension of options.format"}
+                ),
+                "error": _nullable({"type": "string", "description": "why it failed"}),
+                "bytes_in": _nullable({"type": "integer", "description": "downloaded size"}),
+                "bytes_out": _nullable({"type": "integer", "description": "stored size"}),
+                "width": _nullable({"type": "integer", "description": "of the output, pixels"}),
+                "height": _nullable({"type": "integer", "description": "of the output, pixels"}),
+            },
+        },
+        "Product": {
+            "type": "object",
+            "description": "One product (a row of the uploaded CSV) with its images.",
+            "required": ["row", "line", "s_no", "product_name", "images"],
+            "properties": {
+                "row": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the product's 1-based position among the upload's products",
+                },
+                "line": {
+                    "type": "integer",
+                    "minimum": 2,
+                    "description": "its line in the uploaded file (the header is line 1)",
+                },
+                "s_no": {"type": "string", "description": "its S. No. cell"},
+                "product_name": {"type": "string"},
+                "images": {"type": "array", "items": _ref("Image")},
+            },
+        },
+        "Failures": {
+            "type": "object",
+            "description": "The request's failed images so far, grouped by reason (reasons "
+            "normalised, so every `HTTP 404` is one group).",
+            "required": ["total", "by_reason", "images_url", "csv_url"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 0, "description": "failed images"},
+                "by_reason": {
+                    "type": "array",
+                    "description": f"the {FAILURE_REASONS_SHOWN} most frequent reasons, "
+                    "most frequent first",
+                    "items": {
+                        "type": "object",
+                        "required": ["reason", "count", "example"],
+                        "properties": {
+                            "reason": {
+                                "type": "string",
+                                "description": "the reason with what varies from image to "
+                                "image (numbers but HTTP statuses, URLs, addresses, quoted "
+                                "text) left out",
+                            },
+                            "count": {"type": "integer", "minimum": 1},
+                            "example": {"type": "string", "description": "one reason in full"},
+                        },
+                    },
+                },
+                "images_url": {
+                    "type": "string",
+                    "description": "the failed images, each with its line and error "
+                    "(GET /api/v1/requests/{request_id}/images?status=failed)",
+                },
+                "csv_url": {
+                    "type": "string",
+                    "description": "the same as CSV, for a spreadsheet "
+                    "(GET /api/v1/requests/{request_id}/failures.csv)",
+                },
+            },
+        },
+        "WebhookDelivery": {
+            "type": "object",
+            "description": "The state of the request's completion webhook (the body sent is "
+            "the WebhookEvent, not repeated here).",
+            "required": ["id", "status"],
+            "additionalProperties": True,
+            "properties": {
+                "id": {"type": "string", "description": "the webhook-id header: msg_<request id>"},
+                "event": {"type": "string"},
+                "url": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                "attempt_count": {"type": "integer", "minimum": 0},
+                "attempts": {
+                    "type": "array",
+                    "description": "the latest attempts, oldest first",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "status_code": _nullable(
+                                {"type": "integer", "description": "the receiver's answer"}
+                            ),
+                            "error": _nullable({"type": "string"}),
+                            "retry_after": _nullable(
+                                {"type": "number", "description": "the receiver's Retry-After"}
+                            ),
+                        },
+                    },
+                },
+                "next_attempt_at": _nullable(
+                    {"type": "string", "format": "date-time", "description": "null once settled"}
+                ),
+            },
+        },
+        "Status": {
+            "type": "object",
+            "description": "A request's status: counters, links, and one page of per-product "
+            "results when asked for (?page=).",
+            "required": [
+                "request_id",
+                "status",
+                "total_images",
+                "processed_images",
+                "failed_images",
+                "progress",
+                "options",
+            ],
+            "properties": {
+                "request_id": {"type": "string"},
+                "status": {
+                    "type": "string",
+                    "enum": REQUEST_STATUSES,
+                    "description": STATUS_MEANINGS,
+                },
+                "options": _nullable(
+                    {
+                        **_ref("Options"),
+                        "description": "null only for a request recorded before options "
+                        "existed (it came out as the server's defaults said)",
+                    }
+                ),
+                "total_products": {"type": "integer"},
+                "total_images": {"type": "integer"},
+                "processed_images": {
+                    "type": "integer",
+                    "description": "images with a result, done or failed",
+                },
+                "succeeded_images": {"type": "integer"},
+                "failed_images": {"type": "integer"},
+                "cancelled_images": {
+                    "type": "integer",
+                    "description": "images left without a result by a cancel",
+                },
+                "progress": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "description": "percent of the images with a result",
+                },
+                "images_per_second": _nullable(
+                    {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "images with a result per second since processing "
+                        "started (until it ended); null before it has a few seconds and "
+                        "results to go on",
+                    }
+                ),
+                "eta_seconds": _nullable(
+                    {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "seconds the rest should take at that rate; null "
+                        "when not processing, or too early to say",
+                    }
+                ),
+                "failures": _nullable(
+                    {
+                        **_ref("Failures"),
+                        "description": "null while no image has failed, and in the list "
+                        "of requests (GET the request for them)",
+                    }
+                ),
+                "created_at": TIME,
+                "started_at": TIME,
+                "updated_at": TIME,
+                "completed_at": TIME,
+                "cancel_requested_at": _nullable(
+                    {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when a cancel was asked",
+                    }
+                ),
+                "error": _nullable(
+                    {
+                        "type": "string",
+                        "description": "why the request failed (when every image failed: "
+                        "the most common reason)",
+                    }
+                ),
+                "waiting_reason": _nullable(
+                    {
+                        "type": "string",
+                        "description": "why an unfinished request is not moving (a backend "
+                        "out of service); null once it moves again",
+                    }
+                ),
+                "status_url": {"type": "string"},
+                "products_url": {"type": "string", "description": "the first page of products"},
+                "cancel_url": _nullable(
+                    {"type": "string", "description": "POST here to cancel; null once final"}
+                ),
+                "output_csv_url": _nullable(
+                    {"type": "string", "description": "null until final with an output CSV"}
+                ),
+                "dashboard_url": _nullable({"type": "string", "description": "the Dask dashboard"}),
+                "webhook": _nullable(
+                    {
+                        **_ref("WebhookDelivery"),
+                        "description": "null when the request has no webhook (or is unfinished)",
+                    }
+                ),
+                "products": {
+                    "type": "array",
+                    "description": "only with ?page= or ?per_page=",
+                    "items": _ref("Product"),
+                },
+                "page": {
+                    "type": "object",
+                    "description": "only with ?page= or ?per_page=",
+                    "required": ["page", "per_page", "total_products", "next"],
+                    "properties": {
+                        "page": {"type": "integer"},
+                        "per_page": {"type": "integer"},
+                        "total_products": {"type": "integer"},
+                        "next": _nullable({"type": "string", "description": "the next page's URL"}),
+                    },
+                },
+            },
+        },
+        "RequestList": {
+            "type": "object",
+            "required": ["requests", "page"],
+            "properties": {
+                "requests": {
+                    "type": "array",
+                    "description": "newest first; each a status without products",
+                    "items": _ref("Status"),
+                },
+                "page": {
+                    "type": "object",
+                    "required": ["page", "per_page", "total", "next"],
+                    "properties": {
+                        "page": {"type": "integer", "minimum": 1},
+                        "per_page": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIST_PER_PAGE,
+                        },
+                        "total": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "matching in all",
+                        },
+                        "next": _nullable({"type": "string", "description": "the next page's URL"}),
+                    },
+                },
+            },
+        },
+        "ImageRow": {
+            "type": "object",
+            "description": "One image of the request, with where it is in the uploaded file.",
+            "required": [
+                "line",
+                "position",
+                "s_no",
+                "product_name",
+                "input_url",
+                "status",
+                "output_url",
+                "error",
+                "bytes_in",
+                "bytes_out",
+                "width",
+                "height",
+            ],
+            "properties": {
+                "line": {
+                    "type": "integer",
+                    "description": "the line of the uploaded file where its product is",
+                },
+                "position": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "1-based, among the product's URLs",
+                },
+                "s_no": {"type": "string"},
+                "product_name": {"type": "string"},
+                "input_url": {"type": "string"},
+                "status": {"type": "string", "enum": IMAGE_STATUSES},
+                "output_url": _nullable({"type": "string"}),
+                "error": _nullable({"type": "string", "description": "why it failed"}),
+                "bytes_in": _nullable({"type": "integer"}),
+                "bytes_out": _nullable({"type": "integer"}),
+                "width": _nullable({"type": "integer", "description": "of the output, pixels"}),
+                "height": _nullable({"type": "integer", "description": "of the output, pixels"}),
+            },
+        },
+        "ImagePage": {
+            "type": "object",
+            "description": "A page of a request's images in file order, optionally of one status.",
+            "required": ["request_id", "status", "page", "per_page", "total", "next_url", "images"],
+            "properties": {
+                "request_id": {"type": "string"},
+                "status": _nullable(
+                    {
+                        "type": "string",
+                        "enum": IMAGE_STATUSES,
+                        "description": "the status asked for; null: all",
+                    }
+                ),
+                "page": {"type": "integer", "minimum": 1},
+                "per_page": {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
+                "total": {"type": "integer", "minimum": 0, "description": "matching in all"},
+                "next_url": _nullable({"type": "string", "description": "the next page's URL"}),
+                "images": {"type": "array", "items": _ref("ImageRow")},
+            },
+        },
+        "WebhookEvent": {
+            "type": "object",
+            "description": "What a finished request's webhook POSTs, and what NATS publishes.",
+            "required": [
+                "event",
+                "request_id",
+                "status",
+                "total_images",
+                "processed_images",
+                "failed_images",
+                "succeeded_images",
+                "cancelled_images",
+                "created_at",
+                "completed_at",
+                "status_url",
+                "output_csv_url",
+                "error",
+            ],
+            "properties": {
+                "event": {"type": "string", "enum": ["request.completed"]},
+                "request_id": {"type": "string"},
+                "status": {"type": "string", "enum": FINAL_STATUSES},
+                "total_images": {"type": "integer"},
+                "processed_images": {"type": "integer"},
+                "failed_images": {"type": "integer"},
+                "succeeded_images": {"type": "integer"},
+                "cancelled_images": {"type": "integer"},
+                "created_at": TIME,
+                "completed_at": TIME,
+                "status_url": {
+                    "type": "string",
+                    "description": "GET it for the details (failures included)",
+                },
+                "output_csv_url": _nullable(
+                    {"type": "string", "description": "null when there is no output CSV"}
+                ),
+                "error": _nullable(
+                    {"type": "string", "description": "why the request failed, as in its status"}
+                ),
+            },
+        },
+        "Health": {
+            "type": "object",
+            "description": "`status` and `failing`, then one object per component "
+            "(records, storage, dask), each with `healthy` and `error`.",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                "failing": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "the components with healthy false: records, storage, dask",
+                },
+            },
+            "additionalProperties": True,
+        },
+    }
+
+
+SCHEMAS = _schemas()
+
+
+# -- examples ----------------------------------------------------------------------------
+EXAMPLE_ID = "3f0c9a4e6b1d4c2a9e8f7a6b5c4d3e2f"  # the README's two products, three images
+BIG_ID = "9b2e17d04c6a4f8e8d3b5a7c1e0f9d2a"  # 3,000 images, under way
+EXAMPLE_CSV = (
+    "S. No.,Product Name,Input Image Urls\n"
+    '1,SKU1,"https://example.com/image1.jpg,https://example.com/image2.jpg"\n'
+    "2,SKU2,https://example.com/image3.png\n"
 )
 
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["title"],
-        "properties": {
-            "title": {"type": "string"},
-            "description": {"type": "string"},
-            "row": _nullable({"type": "integer", "description": "1-based CSV line"}),
-            "column": _nullable({"type": "string"}),
-            "retry_after": {"type": "integer"},
-            "status": {"type": "string", "description": "on 409: the request's status"},
-            "component": {
-                "type": "string",
-                "enum": ["records", "storage"],
-                "description": "on 503: the backend that is failing",
-            },
-            "field": {
-                "type": "string",
-                "description": "on 422 for an output option: the form field at fault "
-                f"({', '.join(FIELDS)}, or the name of a field that is not an option)",
-            },
-        },
-    },
-    "Options": {
-        "type": "object",
-        "description": "The request's output options as resolved when it was accepted "
-        "(the caller's, completed from the server's defaults) and stored with it.",
-        "required": list(FIELDS),
-        "properties": {
-            "format": {
-                "type": "string",
-                "enum": list(FORMATS),
-                "description": "output image format; output URLs end "
-                + ", ".join(f".{EXTENSIONS[f]} ({f})" for f in FORMATS),
-            },
-            "quality": {"type": "integer", "minimum": MIN_QUALITY, "maximum": MAX_QUALITY},
-            "max_width": _nullable(
-                {"type": "integer", "minimum": 1, "description": "null: no bound on the width"}
+
+class _Examples:
+    """Example bodies, with this server's links and option defaults."""
+
+    def __init__(self, base_url: str, defaults: OptionDefaults | None):
+        self.base = (base_url or "http://localhost:5000").rstrip("/")
+        self.links = Links(self.base)
+        self.status_url = self.links.status(EXAMPLE_ID)
+        self.output_csv_url = self.links.output_csv(EXAMPLE_ID)
+        self.cancel_url = self.links.cancel(EXAMPLE_ID)
+        self.defaults = defaults or OptionDefaults()
+
+    def options(self, fmt: str, max_width: int | None = None) -> dict[str, Any]:
+        return {
+            "format": fmt,
+            "quality": self.defaults.quality_for(fmt),
+            "max_width": max_width,
+            "max_height": None,
+        }
+
+    def media(self, row: int, position: int) -> str:
+        return f"{self.base}/media/requests/{EXAMPLE_ID}/images/{row:07d}-{position:03d}.webp"
+
+    def accepted(self) -> dict[str, Any]:
+        return {
+            "request_id": EXAMPLE_ID,
+            "status": "pending",
+            "status_url": self.status_url,
+            "output_csv_url": self.output_csv_url,
+            "total_products": 2,
+            "total_images": 3,
+            "options": self.options("webp", 512),
+        }
+
+    def status(self, rid: str, **fields: Any) -> dict[str, Any]:
+        status_url = self.links.status(rid)
+        return {
+            "request_id": rid,
+            "status": "processing",
+            "failures": None,
+            "created_at": "2025-05-01T09:30:00.120000Z",
+            "started_at": "2025-05-01T09:30:00.410000Z",
+            "completed_at": None,
+            "cancel_requested_at": None,
+            "error": None,
+            "waiting_reason": None,
+            "options": self.options("webp", 512),
+            "status_url": status_url,
+            "products_url": f"{status_url}?page=1",
+            "cancel_url": self.links.cancel(rid),
+            "output_csv_url": None,
+            "webhook": None,
+            "dashboard_url": "http://127.0.0.1:8787/status",
+            **fields,
+        }
+
+    def failures(self, rid: str, total: int, *groups: tuple[str, int, str]) -> dict[str, Any]:
+        return {
+            "total": total,
+            "by_reason": [
+                {"reason": reason, "count": count, "example": example}
+                for reason, count, example in groups
+            ],
+            "images_url": f"{self.links.images(rid)}?status=failed",
+            "csv_url": self.links.failures_csv(rid),
+        }
+
+    def processing(self, **changes: Any) -> dict[str, Any]:
+        fields = dict(
+            total_products=1200,
+            total_images=3000,
+            processed_images=1250,
+            succeeded_images=1238,
+            failed_images=12,
+            cancelled_images=0,
+            progress=41.67,
+            images_per_second=25.0,
+            eta_seconds=70.0,
+            failures=self.failures(
+                BIG_ID,
+                12,
+                ("download failed: HTTP 404", 9, "download failed: HTTP 404"),
+                (
+                    "image is NxN = N pixels, over the limit of N",
+                    3,
+                    "image is 9000x9000 = 81000000 pixels, over the limit of 50000000",
+                ),
             ),
-            "max_height": _nullable(
-                {"type": "integer", "minimum": 1, "description": "null: no bound on the height"}
-            ),
-        },
-    },
-    "Accepted": {
-        "type": "object",
-        "required": [
-            "request_id",
-            "status",
-            "status_url",
-            "output_csv_url",
-            "total_products",
-            "total_images",
-            "options",
-        ],
-        "properties": {
-            "request_id": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending"]},
-            "status_url": {"type": "string", "format": "uri"},
-            "output_csv_url": {"type": "string", "format": "uri"},
-            "total_products": {"type": "integer", "minimum": 1},
-            "total_images": {"type": "integer", "minimum": 1},
-            "options": {"$ref": "#/components/schemas/Options"},
-        },
-    },
-    "Image": {
-        "type": "object",
-        "required": ["input_url", "status", "output_url", "error", "bytes_in", "bytes_out"],
-        "properties": {
-            "input_url": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": [s.value for s in ImageStatus],
-                "description": "cancelled: its request was cancelled before it had a result",
+            updated_at="2025-05-01T09:30:50.470000Z",
+        )
+        return self.status(BIG_ID, **(fields | changes))
+
+    def finished(self) -> dict[str, Any]:
+        failure = "download failed: HTTP 404"
+        return self.status(
+            EXAMPLE_ID,
+            status="completed_with_errors",
+            total_products=2,
+            total_images=3,
+            processed_images=3,
+            succeeded_images=2,
+            failed_images=1,
+            cancelled_images=0,
+            progress=100.0,
+            images_per_second=None,
+            eta_seconds=None,
+            failures=self.failures(EXAMPLE_ID, 1, (failure, 1, failure)),
+            updated_at="2025-05-01T09:30:02.300000Z",
+            completed_at="2025-05-01T09:30:02.300000Z",
+            cancel_url=None,
+            output_csv_url=self.output_csv_url,
+            webhook={
+                "id": f"msg_{EXAMPLE_ID}",
+                "event": "request.completed",
+                "url": "https://example.com/hooks/images",
+                "status": "delivered",
+                "attempt_count": 1,
+                "attempts": [
+                    {
+                        "at": "2025-05-01T09:30:02.410000Z",
+                        "status_code": 200,
+                        "error": None,
+                        "retry_after": None,
+                    }
+                ],
+                "next_attempt_at": None,
             },
-            "output_url": _nullable(
-                {"type": "string", "description": "ends with the extension of options.format"}
-            ),
-            "error": _nullable({"type": "string"}),
-            "bytes_in": _nullable({"type": "integer"}),
-            "bytes_out": _nullable({"type": "integer"}),
-        },
-    },
-    "Product": {
-        "type": "object",
-        "required": ["row", "s_no", "product_name", "images"],
-        "properties": {
-            "row": {"type": "integer", "minimum": 1},
-            "s_no": {"type": "string"},
-            "product_name": {"type": "string"},
-            "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": [
-            "request_id",
-            "status",
-            "total_images",
-            "processed_images",
-            "failed_images",
-            "progress",
-            "options",
-        ],
-        "properties": {
-            "request_id": {"type": "string"},
-            "status": {"type": "string", "enum": REQUEST_STATUSES, "description": STATUS_MEANINGS},
-            "options": _nullable(
+            products=[
                 {
-                    "allOf": [{"$ref": "#/components/schemas/Options"}],
-                    "description": "null only for a request recorded before options existed "
-                    "(it came out as the server's defaults said)",
-                }
-            ),
-            "total_products": {"type": "integer"},
-            "total_images": {"type": "integer"},
-            "processed_images": {
-                "type": "integer",
-                "description": "images with a result, done or failed",
-            },
-            "succeeded_images": {"type": "integer"},
-            "failed_images": {"type": "integer"},
-            "cancelled_images": {
-                "type": "integer",
-                "description": "images left without a result by a cancel",
-            },
-            "progress": {"type": "number", "minimum": 0, "maximum": 100},
-            "created_at": TIME,
-            "started_at": TIME,
-            "updated_at": TIME,
-            "completed_at": TIME,
-            "cancel_requested_at": _nullable(
-                {"type": "string", "format": "date-time", "description": "when a cancel was asked"}
-            ),
-            "error": _nullable({"type": "string"}),
-            "waiting_reason": _nullable(
+                    "row": 1,
+                    "line": 2,
+                    "s_no": "1",
+                    "product_name": "SKU1",
+                    "images": [
+                        self.image("https://example.com/image1.jpg", self.media(0, 0), 48213),
+                        self.image("https://example.com/image2.jpg", self.media(0, 1), 61877),
+                    ],
+                },
                 {
-                    "type": "string",
-                    "description": "why an unfinished request is not moving (a backend out "
-                    "of service); null once it moves again",
+                    "row": 2,
+                    "line": 3,
+                    "s_no": "2",
+                    "product_name": "SKU2",
+                    "images": [self.image("https://example.com/image3.png", None, None, failure)],
+                },
+            ],
+            page={
+                "page": 1,
+                "per_page": DEFAULT_PRODUCTS_PER_PAGE,
+                "total_products": 2,
+                "next": None,
+            },
+        )
+
+    @staticmethod
+    def image(
+        url: str, output: str | None, bytes_in: int | None, error: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "input_url": url,
+            "status": "failed" if error else "done",
+            "output_url": output,
+            "error": error,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_in // 5 if bytes_in else None,
+            "width": 512 if bytes_in else None,
+            "height": 384 if bytes_in else None,
+        }
+
+    def cancelling(self) -> dict[str, Any]:
+        # The cancel's answer does not read the failure summary (the status does).
+        return self.processing(cancel_requested_at="2025-05-01T09:30:51.200000Z", failures=None)
+
+    def request_list(self) -> dict[str, Any]:
+        return {
+            "requests": [self.processing(failures=None)],
+            "page": {"page": 1, "per_page": DEFAULT_LIST_PER_PAGE, "total": 1, "next": None},
+        }
+
+    def failed_images(self) -> dict[str, Any]:
+        return {
+            "request_id": EXAMPLE_ID,
+            "status": "failed",
+            "page": 1,
+            "per_page": DEFAULT_IMAGES_PER_PAGE,
+            "total": 1,
+            "next_url": None,
+            "images": [
+                {
+                    "line": 3,
+                    "position": 1,
+                    "s_no": "2",
+                    "product_name": "SKU2",
+                    "input_url": "https://example.com/image3.png",
+                    "status": "failed",
+                    "output_url": None,
+                    "error": "download failed: HTTP 404",
+                    "bytes_in": None,
+                    "bytes_out": None,
+                    "width": None,
+                    "height": None,
                 }
+            ],
+        }
+
+    def all_images(self) -> dict[str, Any]:
+        done = {
+            "line": 2,
+            "position": 1,
+            "s_no": "1",
+            "product_name": "SKU1",
+            "input_url": "https://example.com/image1.jpg",
+            "status": "done",
+            "output_url": self.media(0, 0),
+            "error": None,
+            "bytes_in": 48213,
+            "bytes_out": 9642,
+            "width": 512,
+            "height": 384,
+        }
+        return {
+            **self.failed_images(),
+            "status": None,
+            "per_page": 1,
+            "total": 3,
+            "next_url": f"{self.links.images(EXAMPLE_ID)}?page=2&per_page=1",
+            "images": [done],
+        }
+
+    def output_csv(self) -> str:
+        return (
+            "S. No.,Product Name,Input Image Urls,Output Image Urls\r\n"
+            '1,SKU1,"https://example.com/image1.jpg,https://example.com/image2.jpg",'
+            f'"{self.media(0, 0)},{self.media(0, 1)}"\r\n'
+            "2,SKU2,https://example.com/image3.png,\r\n"
+        )
+
+    @staticmethod
+    def failures_csv() -> str:
+        return (
+            ",".join(FAILURE_COLUMNS) + "\r\n"
+            "3,2,SKU2,https://example.com/image3.png,download failed: HTTP 404\r\n"
+        )
+
+    def event(self) -> dict[str, Any]:
+        return {
+            "event": "request.completed",
+            "request_id": EXAMPLE_ID,
+            "status": "completed_with_errors",
+            "total_images": 3,
+            "processed_images": 3,
+            "failed_images": 1,
+            "succeeded_images": 2,
+            "cancelled_images": 0,
+            "created_at": "2025-05-01T09:30:00.120000Z",
+            "completed_at": "2025-05-01T09:30:02.300000Z",
+            "status_url": self.status_url,
+            "output_csv_url": self.output_csv_url,
+            "error": None,
+        }
+
+    @staticmethod
+    def health(failing: str | None = None) -> dict[str, Any]:
+        def part(name: str, **details: Any) -> dict[str, Any]:
+            broken = name == failing
+            error = "OSError: [Errno 28] No space left on device" if broken else None
+            return {"healthy": not broken, "error": error, **details}
+
+        return {
+            "status": "unavailable" if failing else "ok",
+            "failing": [failing] if failing else [],
+            "records": part("records", description="records: SQLite at data/records.db"),
+            "storage": part("storage", description="storage: file:///srv/imagepipe/objects"),
+            "dask": part(
+                "dask",
+                status="running",
+                workers=2,
+                dashboard="http://127.0.0.1:8787/status",
+                scheduler="tcp://127.0.0.1:8786",
             ),
-            "status_url": {"type": "string"},
-            "products_url": {"type": "string"},
-            "cancel_url": _nullable(
-                {"type": "string", "description": "POST here to cancel; null once final"}
-            ),
-            "output_csv_url": _nullable({"type": "string"}),
-            "dashboard_url": _nullable({"type": "string", "description": "the Dask dashboard"}),
-            "webhook": _nullable({"type": "object", "additionalProperties": True}),
-            "products": {"type": "array", "items": {"$ref": "#/components/schemas/Product"}},
-            "page": {
-                "type": "object",
-                "required": ["page", "per_page", "total_products", "next"],
-                "properties": {
-                    "page": {"type": "integer"},
-                    "per_page": {"type": "integer"},
-                    "total_products": {"type": "integer"},
-                    "next": _nullable({"type": "string"}),
-                },
-            },
-        },
-    },
-    "RequestList": {
-        "type": "object",
-        "required": ["requests", "page"],
-        "properties": {
-            "requests": {
-                "type": "array",
-                "description": "newest first; each a status without products",
-                "items": {"$ref": "#/components/schemas/Status"},
-            },
-            "page": {
-                "type": "object",
-                "required": ["page", "per_page", "total", "next"],
-                "properties": {
-                    "page": {"type": "integer", "minimum": 1},
-                    "per_page": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PER_PAGE},
-                    "total": {"type": "integer", "minimum": 0, "description": "matching in all"},
-                    "next": _nullable({"type": "string", "description": "the next page's URL"}),
-                },
-            },
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok", "unavailable"]},
-            "failing": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "the components with healthy false: records, storage, dask",
-            },
-        },
-        "additionalProperties": True,
-    },
-}
+        }
 
 
+def _error_examples(code: str, ex: _Examples) -> dict[str, dict[str, Any]]:
+    """Example error bodies for `code`: summary -> body."""
+    rid = EXAMPLE_ID
+    csv_error = "line 3, column 'Input Image Urls': 'ftp://example.com/a.jpg' is not an http(s) URL"
+    bodies: dict[str, dict[str, dict[str, Any]]] = {
+        "400": {
+            "bad query parameter": {
+                "title": "Invalid parameter",
+                "description": 'The "page" parameter is invalid. The value must be an integer.',
+            }
+        },
+        "401": {
+            "no key": {
+                "title": "API key required",
+                "description": "This service requires an API key. Send it as "
+                "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+            }
+        },
+        "404": {
+            "unknown request": {
+                "title": "Request not found",
+                "description": f"There is no request with id {rid!r}.",
+            }
+        },
+        "409": {
+            "final already": {
+                "title": "Request already finished",
+                "description": f"Request {rid} is completed; only an unfinished request "
+                "can be cancelled.",
+                "status": "completed",
+            }
+        },
+        "411": {
+            "no length": {
+                "title": "Length required",
+                "description": "Send the upload with a Content-Length header "
+                "(curl -F file=@products.csv does).",
+            }
+        },
+        "413": {
+            "too big": {
+                "title": "Payload too large",
+                "description": "the CSV is over the limit of 10,485,760 bytes "
+                "(MAX_UPLOAD_BYTES); split the file",
+            }
+        },
+        "415": {
+            "not multipart": {
+                "title": "Expected multipart/form-data",
+                "description": "Send the CSV as a multipart form field named 'file', "
+                f"e.g. curl -F file=@products.csv {ex.base}/api/v1/upload",
+            }
+        },
+        "422": {
+            "bad CSV": {
+                "title": "Invalid CSV",
+                "description": csv_error,
+                "line": 3,
+                "row": 3,
+                "column": "Input Image Urls",
+            },
+            "bad option": {
+                "title": "Invalid option",
+                "description": f"quality: must be {MIN_QUALITY}-{MAX_QUALITY}, got 0",
+                "field": "quality",
+            },
+            "bad webhook_url": {
+                "title": "Invalid input",
+                "description": "webhook_url must be an absolute http(s) URL, got 'example.com'",
+            },
+        },
+        "429": {
+            "over the limit": {
+                "title": "Too many requests",
+                "description": "This client is over its rate limit (60 per minute, burst 20); "
+                "retry in 3 s. When polling a status, a request every few seconds is plenty.",
+                "retry_after": 3,
+            }
+        },
+        "503": {
+            "storage down": {
+                "title": "Storage unavailable",
+                "description": "The service's storage is not working right now, so this was "
+                "not done (an upload is not recorded). Try again in a few seconds; GET /health "
+                "says when it is back.",
+                "component": "storage",
+            }
+        },
+    }
+    return bodies[code]
+
+
+def _errors(
+    ex: _Examples, *codes: str, meanings: dict[str, str] | None = None, **examples: Any
+) -> dict[str, Any]:
+    """Error responses; `meanings` says what a code means on this route, when it differs;
+    `examples` (e409=...) replaces a code's example bodies."""
+    return {
+        c: _json(
+            "Error",
+            (meanings or {}).get(c, ERROR_CODES[c]),
+            examples.get(f"e{c}") or _error_examples(c, ex),
+        )
+        for c in codes
+    }
+
+
+# -- operations ------------------------------------------------------------------------------
 def _option_fields(defaults: OptionDefaults | None) -> dict[str, Any]:
     """The upload's output-option fields. Given the server's `defaults` the document
     states their values; without them it names the settings that decide them."""
@@ -328,7 +1058,7 @@ def _option_fields(defaults: OptionDefaults | None) -> dict[str, Any]:
     }
 
 
-def _upload(defaults: OptionDefaults | None) -> dict[str, Any]:
+def _upload(ex: _Examples, defaults: OptionDefaults | None) -> dict[str, Any]:
     return {
         "summary": "Upload a product CSV; processing starts in the background",
         "description": "Multipart form: `file`, and optionally `webhook_url` and the output "
@@ -355,18 +1085,62 @@ def _upload(defaults: OptionDefaults | None) -> dict[str, Any]:
                             },
                             **_option_fields(defaults),
                         },
-                    }
+                    },
+                    "examples": {
+                        "webp": {
+                            "summary": "WebP, at most 512 pixels wide, with a webhook",
+                            "value": {
+                                "file": EXAMPLE_CSV,
+                                "webhook_url": "https://example.com/hooks/images",
+                                "format": "webp",
+                                "max_width": 512,
+                            },
+                        },
+                        "defaults": {
+                            "summary": "The server's defaults",
+                            "value": {"file": EXAMPLE_CSV},
+                        },
+                    },
                 }
             },
         },
         "responses": {
-            "202": _json("#/components/schemas/Accepted", "Accepted; poll status_url"),
-            **_errors("400", "401", "411", "413", "415", "422", "429", "503"),
+            "202": _json("Accepted", "Accepted; poll status_url", {"accepted": ex.accepted()}),
+            **_errors(ex, "400", "401", "411", "413", "415", "422", "429", "503"),
         },
     }
 
 
-def _status() -> dict[str, Any]:
+def _upload_help(ex: _Examples) -> dict[str, Any]:
+    upload = f"{ex.base}/api/v1/upload"
+    fields = ", ".join(("webhook_url", *FIELDS))
+    return {
+        "summary": "Not an upload: says how to upload (405)",
+        "description": "For a browser or a curl without -F that lands on the upload URL: "
+        "the answer says how to POST the CSV, with `Allow: POST`.",
+        "tags": ["requests"],
+        "responses": {
+            "405": _json(
+                "Error",
+                "Uploads are POSTed; the answer says how",
+                {
+                    "how to upload": {
+                        "title": "Method not allowed",
+                        "description": "Upload a CSV with POST, as a multipart form field "
+                        f"named 'file': curl -F file=@products.csv {upload}. Optional "
+                        f"fields: {fields}. The upload page is at {ex.base}/ and the API "
+                        f"documentation at {ex.base}/docs.",
+                        "example": f"curl -F file=@products.csv {upload}",
+                        "docs": f"{ex.base}/docs",
+                    }
+                },
+            ),
+            **_errors(ex, "401", "429"),
+        },
+    }
+
+
+def _status(ex: _Examples) -> dict[str, Any]:
     page_params = [
         {
             "name": "page",
@@ -377,21 +1151,29 @@ def _status() -> dict[str, Any]:
         {
             "name": "per_page",
             "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
+            "description": f"products per page (default {DEFAULT_PRODUCTS_PER_PAGE})",
         },
     ]
     return {
-        "summary": "Progress counters; per-product results when paged",
+        "summary": "A request's status: progress, failures, links; per-product results when paged",
+        "description": "Poll it every few seconds until `status` is final. `failures` groups "
+        "the failed images by reason and links to them, as JSON (`images_url`) and CSV "
+        "(`csv_url`); `images_per_second` and `eta_seconds` say how it is going.",
         "tags": ["requests"],
         "parameters": [REQUEST_ID, *page_params],
         "responses": {
-            "200": _json("#/components/schemas/Status", "The request's status"),
-            **_errors("400", "401", "404", "429", "503"),
+            "200": _json(
+                "Status",
+                "The request's status",
+                {"processing": ex.processing(), "finished, ?page=1": ex.finished()},
+            ),
+            **_errors(ex, "400", "401", "404", "429", "503"),
         },
     }
 
 
-def _list() -> dict[str, Any]:
+def _list(ex: _Examples) -> dict[str, Any]:
     return {
         "summary": "The caller's requests, newest first (everyone's when API_KEYS is unset)",
         "description": "With API keys, a key sees only the requests it made. Without keys the "
@@ -423,13 +1205,13 @@ def _list() -> dict[str, Any]:
             },
         ],
         "responses": {
-            "200": _json("#/components/schemas/RequestList", "A page of requests"),
-            **_errors("400", "401", "429", "503"),
+            "200": _json("RequestList", "A page of requests", {"one request": ex.request_list()}),
+            **_errors(ex, "400", "401", "429", "503"),
         },
     }
 
 
-def _cancel() -> dict[str, Any]:
+def _cancel(ex: _Examples) -> dict[str, Any]:
     return {
         "summary": "Cancel an unfinished request",
         "description": "The cancel is recorded and the request ends `cancelled` shortly: "
@@ -439,8 +1221,11 @@ def _cancel() -> dict[str, Any]:
         "tags": ["requests"],
         "parameters": [REQUEST_ID],
         "responses": {
-            "202": _json("#/components/schemas/Status", "Cancel recorded; the status now"),
+            "202": _json(
+                "Status", "Cancel recorded; the status now", {"cancelling": ex.cancelling()}
+            ),
             **_errors(
+                ex,
                 "401",
                 "404",
                 "409",
@@ -452,7 +1237,8 @@ def _cancel() -> dict[str, Any]:
     }
 
 
-def _delete() -> dict[str, Any]:
+def _delete(ex: _Examples) -> dict[str, Any]:
+    rid = EXAMPLE_ID
     return {
         "summary": "Delete a finished request: its stored images and CSVs, then its records",
         "description": "Only a final request (cancelled included) can be deleted; cancel an "
@@ -462,41 +1248,142 @@ def _delete() -> dict[str, Any]:
         "responses": {
             "204": {"description": "Deleted"},
             **_errors(
+                ex,
                 "401",
                 "404",
                 "409",
                 "429",
                 "503",
                 meanings={"409": "The request is unfinished; cancel it first"},
+                e409={
+                    "unfinished": {
+                        "title": "Request not finished",
+                        "description": f"Request {rid} is processing; cancel it first "
+                        f"(POST {ex.cancel_url}), then delete it.",
+                        "status": "processing",
+                    }
+                },
             ),
         },
     }
 
 
-def document(base_url: str = "", defaults: OptionDefaults | None = None) -> dict[str, Any]:
-    """`defaults`: the server's option defaults, to state their values (else named by setting)."""
-    upload, status = _upload(defaults), _status()
-    output = {
-        "summary": "The output CSV: input columns plus Output Image Urls",
+def _images(ex: _Examples) -> dict[str, Any]:
+    return {
+        "summary": "A request's images, one page at a time, optionally of one status",
+        "description": "Each image with the line of the uploaded file its product is on, its "
+        "position among the product's URLs, and its result. `?status=failed` lists what "
+        "failed and why, any time, final or not.",
+        "tags": ["requests"],
+        "parameters": [
+            REQUEST_ID,
+            {
+                "name": "status",
+                "in": "query",
+                "schema": {"type": "string", "enum": IMAGE_STATUSES},
+                "description": "only images of this status",
+            },
+            {
+                "name": "page",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "default": 1},
+            },
+            {
+                "name": "per_page",
+                "in": "query",
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_PER_PAGE,
+                    "default": DEFAULT_IMAGES_PER_PAGE,
+                },
+            },
+        ],
+        "responses": {
+            "200": _json(
+                "ImagePage",
+                "A page of images, in file order",
+                {"?status=failed": ex.failed_images(), "all, ?per_page=1": ex.all_images()},
+            ),
+            **_errors(
+                ex,
+                "400",
+                "401",
+                "404",
+                "429",
+                "503",
+                meanings={"400": "Not an image status, or a bad page or per_page"},
+                e400={
+                    "bad status": {
+                        "title": "Invalid parameter",
+                        "description": 'The "status" parameter is invalid. must be one of '
+                        f"{', '.join(IMAGE_STATUSES)}",
+                    }
+                },
+            ),
+        },
+    }
+
+
+def _failures_csv(ex: _Examples) -> dict[str, Any]:
+    return {
+        "summary": "A request's failed images as CSV, for a spreadsheet",
+        "description": f"Columns {', '.join(FAILURE_COLUMNS)}: one row per failed "
+        "image, `Line` being the line of the uploaded file. Available any time, final or "
+        "not (it lists what has failed so far).",
         "tags": ["requests"],
         "parameters": [REQUEST_ID],
         "responses": {
-            "200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+            "200": _text("text/csv", "CSV", ex.failures_csv()),
+            **_errors(ex, "401", "404", "429", "503"),
+        },
+    }
+
+
+def _output_csv(ex: _Examples) -> dict[str, Any]:
+    rid = EXAMPLE_ID
+    return {
+        "summary": "The output CSV: input columns plus Output Image Urls",
+        "description": "Output URLs line up with the input URLs; a failed image leaves an "
+        "empty slot.",
+        "tags": ["requests"],
+        "parameters": [REQUEST_ID],
+        "responses": {
+            "200": _text("text/csv", "CSV", ex.output_csv()),
             **_errors(
+                ex,
                 "401",
                 "404",
                 "409",
                 "429",
                 "503",
                 meanings={"409": "The request is not final yet, or has no output CSV"},
+                e409={
+                    "not final": {
+                        "title": "Not ready",
+                        "description": f"Request {rid} is processing (33.33% done); the "
+                        "output CSV is written when it finishes. Poll its status_url.",
+                    }
+                },
             ),
         },
     }
-    media = {
+
+
+def _media(ex: _Examples) -> dict[str, Any]:
+    return {
         "summary": "An output image (local storage only)",
+        "description": "The output_url of an image when the storage is local files; S3 and "
+        "other storages serve their own URLs.",
         "tags": ["outputs"],
         "parameters": [
-            {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": "key",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "e.g. " + ex.media(0, 0).split("/media/", 1)[1],
+            }
         ],
         "responses": {
             "200": {
@@ -506,86 +1393,228 @@ def document(base_url: str = "", defaults: OptionDefaults | None = None) -> dict
                     for f in FORMATS
                 },
             },
-            **_errors("401", "404", "429"),
+            **_errors(
+                ex,
+                "401",
+                "404",
+                "429",
+                meanings={"404": "No such image, or not visible to this API key"},
+                e404={"no image": {"title": "Not found", "description": "No media at 'x.jpg'."}},
+            ),
         },
     }
-    html = {
-        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
-        **_errors("429"),
-    }
+
+
+def _service(ex: _Examples) -> dict[str, Any]:
+    def html(summary: str, operation_id: str) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "tags": ["service"],
+            "operationId": operation_id,
+            "responses": {
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+                **_errors(ex, "429"),
+            },
+        }
+
     return {
-        "openapi": "3.0.3",
+        "/health": {
+            "get": {
+                "summary": "Components and Dask workers; never rate limited or keyed",
+                "tags": ["service"],
+                "operationId": "health",
+                "responses": {
+                    "200": _json("Health", "OK", {"ok": ex.health()}),
+                    "503": _json(
+                        "Health",
+                        "A component is failing: see failing",
+                        {"storage failing": ex.health("storage")},
+                    ),
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "tags": ["service"],
+                "operationId": "openapi",
+                "responses": {
+                    "200": {
+                        "description": f"OpenAPI {OPENAPI_VERSION}",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(ex, "429"),
+                },
+            }
+        },
+        "/docs": {"get": html("This document, rendered, with a try-it form", "docs")},
+        "/": {"get": html("The upload page", "page")},
+    }
+
+
+def _webhooks(ex: _Examples) -> dict[str, Any]:
+    def header(name: str, required: bool, description: str, example: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "header",
+            "required": required,
+            "schema": {"type": "string"},
+            "description": description,
+            "example": example,
+        }
+
+    return {
+        "requestCompleted": {
+            "post": {
+                "summary": "A request is final: POSTed to its webhook_url (else WEBHOOK_URL)",
+                "description": "One event per finished request (completed, "
+                "completed_with_errors, failed or cancelled), signed as "
+                "[Standard Webhooks](https://www.standardwebhooks.com/) say: verify it with "
+                "any Standard Webhooks library and WEBHOOK_SECRET, and deduplicate on "
+                "`webhook-id` (delivery is at least once). Answer any 2xx to accept. "
+                "Connection errors, timeouts, 429 and 5xx are retried after each delay of "
+                "WEBHOOK_RETRY_SCHEDULE (jittered), or after your Retry-After when longer; "
+                "3xx (not followed) and other 4xx give up at once. The status's `webhook` "
+                "shows the delivery and its attempts. With NATS_URL set, the same JSON (the "
+                "same bytes: keys sorted, no spaces) is published on NATS_SUBJECT (default "
+                "`images.request.completed`), without these headers; core NATS is at most "
+                "once.",
+                "operationId": "requestCompleted",
+                "tags": ["webhooks"],
+                "parameters": [
+                    header(
+                        "webhook-id",
+                        True,
+                        "msg_<request id>: the same on every retry; deduplicate on it",
+                        f"msg_{EXAMPLE_ID}",
+                    ),
+                    header(
+                        "webhook-timestamp",
+                        True,
+                        "Unix seconds of this attempt; refuse one more than 5 minutes away",
+                        "1746091802",
+                    ),
+                    header(
+                        "webhook-signature",
+                        False,
+                        'v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}"> '
+                        "keyed with WEBHOOK_SECRET (base64 after whsec_); absent when the "
+                        "server has no WEBHOOK_SECRET",
+                        "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+                    ),
+                    header("User-Agent", True, "identifies the sender", "imagepipe-webhook/1"),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("WebhookEvent"),
+                            "examples": {
+                                "completed_with_errors": {
+                                    "summary": "One image of three failed",
+                                    "value": ex.event(),
+                                }
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "2XX": {"description": "Accepted: the delivery is done"},
+                    "429": {"description": "Retried later (after Retry-After when longer)"},
+                    "5XX": {"description": "Retried later (after Retry-After when longer)"},
+                    "default": {"description": "3xx or another 4xx: the delivery fails at once"},
+                },
+            }
+        }
+    }
+
+
+def _alias(main: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    """An older route: the main operation's parameters and answers, without its prose
+    and examples, deprecated and pointing at it."""
+    alias = {
+        "summary": f"Alias of {method.upper()} {path}, kept for older clients",
+        "description": f"The same as `{method.upper()} {path}` (operation "
+        f"`{main['operationId']}`): same parameters, same answers. New clients use that.",
+        "tags": main["tags"],
+        "deprecated": True,
+        "x-alias-of": main["operationId"],
+    }
+    for part in ("parameters", "requestBody", "responses"):
+        if part in main:
+            alias[part] = _without_examples(main[part])
+    return alias
+
+
+def _without_examples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without_examples(v) for k, v in value.items() if k not in ("example", "examples")
+        }
+    if isinstance(value, list):
+        return [_without_examples(v) for v in value]
+    return value
+
+
+def document(base_url: str = "", defaults: OptionDefaults | None = None) -> dict[str, Any]:
+    """`defaults`: the server's option defaults, to state their values (else named by setting)."""
+    ex = _Examples(base_url, defaults)
+    upload = {**_upload(ex, defaults), "operationId": "upload"}
+    status = {**_status(ex), "operationId": "getRequest"}
+    upload_help = {**_upload_help(ex), "operationId": "uploadHelp"}
+    main = {
+        "upload": ("post", "/api/v1/upload", upload),
+        "uploadHelp": ("get", "/api/v1/upload", upload_help),
+        "getRequest": ("get", "/api/v1/requests/{request_id}", status),
+    }
+    aliases: dict[str, dict[str, Any]] = {}
+    for (path, method), (operation_id, of) in ALIASES.items():
+        main_method, main_path, operation = main[of]
+        alias = _alias(operation, main_method, main_path)
+        aliases.setdefault(path, {})[method] = {**alias, "operationId": operation_id}
+    return {
+        "openapi": OPENAPI_VERSION,
         "info": {
             "title": "imagepipe",
             "version": "1",
             "description": "Upload a CSV of product image URLs; every image is downloaded, "
-            "re-compressed and stored; poll the status; download the output CSV.",
+            "re-compressed and stored; poll the status; download the output CSV; get a "
+            "webhook when it is done.",
         },
         "servers": [{"url": base_url or "/"}],
-        "tags": [{"name": "requests"}, {"name": "outputs"}, {"name": "service"}],
+        "tags": [
+            {"name": "requests", "description": "Upload, follow and manage requests"},
+            {"name": "outputs", "description": "The stored images"},
+            {"name": "service", "description": "Health, this document, the pages"},
+            {"name": "webhooks", "description": "What the service sends you"},
+        ],
         "paths": {
-            "/api/v1/upload": {"post": {**upload, "operationId": "upload"}},
-            "/api/images/upload": {
-                "post": {**upload, "operationId": "uploadLegacy", "deprecated": True}
-            },
-            "/api/v1/requests": {"get": {**_list(), "operationId": "listRequests"}},
+            "/api/v1/upload": {"post": upload, "get": upload_help},
+            "/api/v1/requests": {"get": {**_list(ex), "operationId": "listRequests"}},
             "/api/v1/requests/{request_id}": {
-                "get": {**status, "operationId": "getRequest"},
-                "delete": {**_delete(), "operationId": "deleteRequest"},
+                "get": status,
+                "delete": {**_delete(ex), "operationId": "deleteRequest"},
             },
             "/api/v1/requests/{request_id}/cancel": {
-                "post": {**_cancel(), "operationId": "cancelRequest"}
+                "post": {**_cancel(ex), "operationId": "cancelRequest"}
             },
-            "/api/v1/status/{request_id}": {"get": {**status, "operationId": "status"}},
-            "/api/status/{request_id}": {
-                "get": {**status, "operationId": "statusLegacy", "deprecated": True}
+            "/api/v1/requests/{request_id}/images": {
+                "get": {**_images(ex), "operationId": "listImages"}
             },
-            "/api/v1/output/{request_id}.csv": {"get": {**output, "operationId": "outputCsv"}},
-            "/media/{key}": {"get": {**media, "operationId": "media"}},
-            "/health": {
-                "get": {
-                    "summary": "Components and Dask workers; never rate limited or keyed",
-                    "tags": ["service"],
-                    "operationId": "health",
-                    "responses": {
-                        "200": _json("#/components/schemas/Health", "OK"),
-                        "503": _json(
-                            "#/components/schemas/Health", "A component is failing: see failing"
-                        ),
-                    },
-                }
+            "/api/v1/requests/{request_id}/failures.csv": {
+                "get": {**_failures_csv(ex), "operationId": "failuresCsv"}
             },
-            "/api/v1/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "tags": ["service"],
-                    "operationId": "openapi",
-                    "responses": {
-                        "200": {
-                            "description": "OpenAPI 3",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
-                        **_errors("429"),
-                    },
-                }
+            "/api/v1/output/{request_id}.csv": {
+                "get": {**_output_csv(ex), "operationId": "outputCsv"}
             },
-            "/docs": {
-                "get": {
-                    "summary": "This document, rendered",
-                    "tags": ["service"],
-                    "operationId": "docs",
-                    "responses": html,
-                }
-            },
-            "/": {
-                "get": {
-                    "summary": "The upload page",
-                    "tags": ["service"],
-                    "operationId": "page",
-                    "responses": html,
-                }
-            },
+            "/media/{key}": {"get": {**_media(ex), "operationId": "media"}},
+            **_service(ex),
+            **aliases,
         },
+        "webhooks": _webhooks(ex),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

@@ -15,7 +15,7 @@ import falcon
 
 from api.auth import ApiKeys
 from api.resources import PATHS, RequestStatusResource, readable_request, status_body
-from pipeline.clock import Clock
+from pipeline.clock import Clock, utc_now
 from pipeline.errors import Conflict
 from pipeline.models import RequestStatus
 from pipeline.records.base import RecordStore
@@ -43,11 +43,13 @@ class Requests:
         base_url: str,
         keys: ApiKeys,
         dashboard_url: str | None = None,
+        clock: Clock = utc_now,
     ):
         self.store = store
         self.base_url = base_url
         self.keys = keys
         self.dashboard_url = dashboard_url
+        self.clock = clock
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         statuses = requested_statuses(req.get_param_as_list("status") or [])
@@ -61,8 +63,11 @@ class Requests:
             owner=owner, statuses=statuses, offset=(page - 1) * per_page, limit=per_page
         )
         more = page * per_page < total and page < MAX_LIST_PAGE
+        now = self.clock()
         resp.media = {
-            "requests": [status_body(r, self.base_url, self.dashboard_url) for r in records],
+            "requests": [
+                status_body(r, self.base_url, self.dashboard_url, now=now) for r in records
+            ],
             "page": {
                 "page": page,
                 "per_page": per_page,
@@ -125,7 +130,7 @@ class Cancellation:
         record = self.store.get_request(request_id) or record
         resp.status = falcon.HTTP_202
         resp.location = PATHS.status(request_id)
-        resp.media = status_body(record, self.base_url, self.dashboard_url)
+        resp.media = status_body(record, self.base_url, self.dashboard_url, now=self.clock())
         resp.cache_control = ["no-store"]
 
 

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from datetime import datetime
 from itertools import groupby
 from typing import Any
 
 import falcon
 
 from api.auth import ApiKeys
+from pipeline.clock import Clock, utc_now
 from pipeline.errors import NotReady, RequestNotFound
 from pipeline.health import failing
+from pipeline.keys import OUTPUT_IMAGE_KEY
 from pipeline.links import Links
-from pipeline.models import ImageRecord, RequestRecord, iso
+from pipeline.models import ImageRecord, ReasonCount, RequestRecord, iso
 from pipeline.options import CONTENT_TYPES, EXTENSIONS, FORMATS
 from pipeline.outputs import Rebuilt
+from pipeline.progress import pace
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
-MEDIA_KEY = re.compile(
-    r"^requests/(?P<request_id>[0-9a-f]{32})/images/\d{7}-\d{3}\.(?P<extension>jpg|webp|avif)$"
-)
+MEDIA_KEY = OUTPUT_IMAGE_KEY
 MEDIA_TYPES = {EXTENSIONS[name]: CONTENT_TYPES[name] for name in FORMATS}
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
@@ -48,16 +49,21 @@ class RequestStatusResource:
         base_url: str,
         keys: ApiKeys,
         dashboard_url: str | None = None,
+        clock: Clock = utc_now,
     ):
         self.store = store
         self.storage = storage
         self.base_url = base_url
         self.keys = keys
         self.dashboard_url = dashboard_url
+        self.clock = clock
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         record = readable_request(self.store, self.keys, req, request_id)
-        body = status_body(record, self.base_url, self.dashboard_url)
+        summary = self.store.failure_summary(request_id) if record.failed_images else None
+        body = status_body(
+            record, self.base_url, self.dashboard_url, now=self.clock(), failures=summary
+        )
         if req.get_param("page") is not None or req.get_param("per_page") is not None:
             page = req.get_param_as_int("page", min_value=1, default=1)
             per_page = req.get_param_as_int(
@@ -173,11 +179,19 @@ class Health:
 
 
 def status_body(
-    record: RequestRecord, base_url: str, dashboard_url: str | None = None
+    record: RequestRecord,
+    base_url: str,
+    dashboard_url: str | None = None,
+    *,
+    now: datetime,
+    failures: list[ReasonCount] | None = None,
 ) -> dict[str, Any]:
+    """A request's status. `failures`: its reason summary, when it was read (the
+    single request's answers; not the list's, which would read it per request)."""
     rid = record.request_id
     final = record.status.is_final
     links = Links(base_url)
+    speed = pace(record, now)
     return {
         "request_id": rid,
         "status": str(record.status),
@@ -188,6 +202,9 @@ def status_body(
         "failed_images": record.failed_images,
         "cancelled_images": record.cancelled_images,
         "progress": record.progress,
+        "images_per_second": speed.images_per_second,
+        "eta_seconds": speed.eta_seconds,
+        "failures": failures_body(record, links, failures),
         "created_at": iso(record.created_at),
         "started_at": iso(record.started_at),
         "updated_at": iso(record.updated_at),
@@ -207,6 +224,35 @@ def status_body(
     }
 
 
+def failures_body(
+    record: RequestRecord, links: Links, summary: list[ReasonCount] | None
+) -> dict[str, Any] | None:
+    if summary is None or record.failed_images == 0:
+        return None
+    rid = record.request_id
+    return {
+        "total": record.failed_images,
+        "by_reason": [
+            {"reason": r.reason, "count": r.count, "example": r.example} for r in summary
+        ],
+        "images_url": f"{links.images(rid)}?status=failed",
+        "csv_url": links.failures_csv(rid),
+    }
+
+
+def image_body(image: ImageRecord, url_for: Callable[[str], str]) -> dict[str, Any]:
+    return {
+        "input_url": image.input_url,
+        "status": str(image.status),
+        "output_url": url_for(image.output_key) if image.output_key else None,
+        "error": image.error,
+        "bytes_in": image.bytes_in,
+        "bytes_out": image.bytes_out,
+        "width": image.width,
+        "height": image.height,
+    }
+
+
 def products_page(images: list[ImageRecord], url_for: Callable[[str], str]) -> list[dict[str, Any]]:
     products = []
     for row, group in groupby(images, key=lambda i: i.row):
@@ -214,20 +260,11 @@ def products_page(images: list[ImageRecord], url_for: Callable[[str], str]) -> l
         first = members[0]
         products.append(
             {
-                "row": row + 1,
+                "line": first.file_line,  # how people name a product: its line in the file
+                "row": row + 1,  # its position among the products (older clients)
                 "s_no": first.serial,
                 "product_name": first.product_name,
-                "images": [
-                    {
-                        "input_url": i.input_url,
-                        "status": str(i.status),
-                        "output_url": url_for(i.output_key) if i.output_key else None,
-                        "error": i.error,
-                        "bytes_in": i.bytes_in,
-                        "bytes_out": i.bytes_out,
-                    }
-                    for i in members
-                ],
+                "images": [image_body(i, url_for) for i in members],
             }
         )
     return products

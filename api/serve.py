@@ -12,9 +12,11 @@ import sys
 
 import falcon
 import waitress
+from waitress.server import BaseWSGIServer
 
+from api.access_log import ACCESS_LOGGER
 from api.app import create_app
-from api.connections import connections_summary, make_room, waitress_options
+from api.connections import JsonErrorChannel, connections_summary, make_room, waitress_options
 from api.uploads import max_body_bytes
 from pipeline.health import Backends
 from pipeline.service import Services, build_services
@@ -88,6 +90,11 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # ACCESS_LOG decides alone whether the access lines are seen, whatever LOG_LEVEL;
+    # off, the app has no access middleware and waitress's refusals are not logged.
+    logging.getLogger(ACCESS_LOGGER).setLevel(
+        logging.INFO if settings.access_log else logging.WARNING
+    )
     # SIGTERM (docker stop, CI teardown) exits through `finally`, closing the cluster cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Before anything opens files, so the embedded cluster's workers inherit it too.
@@ -99,17 +106,31 @@ def main() -> None:
         log.info("api: listening on http://%s:%d (HOST, PORT)", host, settings.port)
         log.info("api protection: %s", protection_summary(settings))
         log.info("api connections: %s", connections_summary(settings, connection_limit))
-        waitress.serve(
+        serve(
             app,
             host=host,
             port=settings.port,
             **waitress_options(settings, connection_limit),
             # waitress refuses bigger bodies itself (a declared length at once, a
             # chunked one as it passes the limit), so they are never buffered whole;
-            # its 413 is plain text, the app's own for smaller excesses is JSON.
+            # its 413 is JSON like the app's own (api.connections.JsonErrorChannel).
             max_request_body_size=max_body_bytes(settings),
             ident="imagepipe",
-            _quiet=True,
         )
     finally:
         services.close()
+
+
+def serve(app: falcon.App, **options: object) -> None:
+    """`waitress.serve`, with the API's JSON body on what waitress refuses itself.
+
+    waitress makes a connection with its server's `channel_class`, and the answer
+    to a refused request with that channel's `error_task_class`; each listening
+    server (one per address `HOST` resolves to) gets `JsonErrorChannel`.
+    """
+    server_map: dict = {}
+    server = waitress.create_server(app, map=server_map, **options)
+    for dispatcher in server_map.values():
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = JsonErrorChannel
+    server.run()

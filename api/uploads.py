@@ -75,6 +75,21 @@ class Uploads:
         self.new_id = new_id
         self.keys = keys
 
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # People open the upload URL in a browser or curl it without -F: say how.
+        base = self.settings.base_url
+        resp.status = falcon.HTTP_405
+        resp.set_header("Allow", "POST")
+        resp.media = {
+            "title": "Method not allowed",
+            "description": "Upload a CSV with POST, as a multipart form field named 'file': "
+            f"curl -F file=@products.csv {base}{req.path}. Optional fields: "
+            f"{FORM_FIELDS.removeprefix('file, ')}. The upload page is at {base}/ and "
+            f"the API documentation at {base}/docs.",
+            "example": f"curl -F file=@products.csv {base}{req.path}",
+            "docs": f"{base}/docs",
+        }
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._check_envelope(req)
         data, filename, webhook_url, given = self._read_form(req)

@@ -18,7 +18,7 @@ from pipeline import outputs
 from pipeline.deliveries import Deliveries
 from pipeline.errors import PipelineError, StorageError
 from pipeline.links import Links
-from pipeline.models import Counters, RequestStatus
+from pipeline.models import Counters, ReasonCount, RequestStatus
 from pipeline.notify import completion_event
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
@@ -40,7 +40,22 @@ def final_status(counters: Counters, *, cancelled: bool) -> RequestStatus:
         return RequestStatus.CANCELLED
     if counters.failed_images == 0:
         return RequestStatus.COMPLETED
+    if counters.failed_images == counters.processed_images:
+        # Not one image came out: the same word as one failure in 10,000 would hide
+        # a run that did nothing (e.g. every host refused, a setting forgotten).
+        return RequestStatus.FAILED
     return RequestStatus.COMPLETED_WITH_ERRORS
+
+
+def all_failed_error(counters: Counters, common: ReasonCount | None) -> str:
+    """A failed request's error when every image failed: the most common reason."""
+    total = counters.failed_images
+    if common is None:
+        return f"all {total} images failed"
+    return (
+        f"all {total} images failed; the most common reason ({common.count} of {total}): "
+        f"{common.example}"
+    )
 
 
 class Completion:
@@ -97,7 +112,11 @@ class Completion:
                 self.links.output_csv(request_id),
             )
         status = final_status(counters, cancelled=cancelled)
-        finished = self.finish(request_id, status, output_key=key)
+        error = None
+        if status is RequestStatus.FAILED:
+            common = self.store.failure_summary(request_id, limit=1)
+            error = all_failed_error(counters, common[0] if common else None)
+        finished = self.finish(request_id, status, output_key=key, error=error)
         if finished:
             log.info(
                 "request %s %s: %d images, %d failed, %d cancelled",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import re
 import unicodedata
@@ -42,14 +43,26 @@ DEFAULT_LIMITS = CsvLimits()
 # People upload spreadsheets, images and archives by mistake; naming what the
 # file looks like is more useful than a decoding error.
 _MAGIC = (
-    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one)"),
+    (b"PK\x03\x04", "a ZIP archive"),
     (b"PK\x05\x06", "a ZIP archive"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Excel .xls workbook"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Excel workbook (XLS)"),
     (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
     (b"%PDF-", "a PDF document"),
 )
+# Office documents are ZIP archives; the names of their parts are stored in the
+# clear (local headers and the central directory), so a search finds them.
+_ZIP_KINDS = (
+    (b"xl/workbook", "an Excel workbook (XLSX)"),
+    (b"application/vnd.oasis.opendocument.spreadsheet", "an OpenDocument spreadsheet (ODS)"),
+    (b"Index/Document.iwa", "an Apple Numbers spreadsheet"),
+    (b"word/document", "a Word document (DOCX)"),
+)
+_SPREADSHEETS = ("workbook", "spreadsheet")
 _SAVE_AS = "in Excel use Save As > 'CSV UTF-8 (Comma delimited)'"
 _OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "'|' characters"}
 _LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")  # how csv (newline="") counts lines
@@ -101,12 +114,14 @@ def parse_products(data: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> list[Prod
 
 
 def _decode(data: bytes) -> str:
-    for magic, kind in _MAGIC:
-        if data.startswith(magic):
-            raise CsvError(
-                f"this is not a text CSV file: it looks like {kind}; "
-                f"upload a comma-separated .csv file ({_SAVE_AS})"
-            )
+    if kind := _binary_kind(data):
+        if any(word in kind for word in _SPREADSHEETS):
+            advice = f"save it as CSV ({_SAVE_AS}) and upload that"
+        elif "image" in kind:
+            advice = "upload the CSV that lists the image URLs, not an image"
+        else:
+            advice = f"upload a comma-separated .csv file ({_SAVE_AS})"
+        raise CsvError(f"this is not a text CSV file: it looks like {kind}; {advice}")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise CsvError(f"the file is UTF-16 text but must be UTF-8 ({_SAVE_AS})")
     if b"\x00" in data:
@@ -126,6 +141,16 @@ def _decode(data: bytes) -> str:
             f"valid UTF-8 ({_SAVE_AS})",
             row=line,
         ) from exc
+
+
+def _binary_kind(data: bytes) -> str | None:
+    """What a file that is not text looks like, judged by its first bytes."""
+    kind = next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        kind = "a WebP image"
+    if kind == "a ZIP archive":
+        kind = next((name for part, name in _ZIP_KINDS if part in data), kind)
+    return kind
 
 
 def _records(text: str, limits: CsvLimits) -> Iterator[tuple[int, list[str]]]:
@@ -162,7 +187,13 @@ def _unreadable(reason: str, limits: CsvLimits) -> str:
 
 
 def _column_positions(line: int, cells: list[str]) -> tuple[int, ...]:
-    """Index of each of COLUMNS in the file; any order is accepted, names are exact."""
+    """Index of each of COLUMNS in the file, in any order.
+
+    A header cell names a column when it has the same letters and digits, whatever
+    the case, spacing and punctuation (`s. no.`, `S.No.`, ` Input Image URLs `):
+    spreadsheets and people spell them so. Two cells that could name one column
+    are refused, naming both, rather than one picked.
+    """
     names = [cell.strip() for cell in cells]
     if len(names) == 1:
         for delimiter, label in _OTHER_DELIMITERS.items():
@@ -185,8 +216,22 @@ def _column_positions(line: int, cells: list[str]) -> tuple[int, ...]:
                 f"column {_show(name)} appears twice in the header", row=line, column=name
             )
         seen.add(name)
-    missing = [column for column in COLUMNS if column not in names]
-    unknown = [name for name in names if name not in COLUMNS]
+    found = {
+        column: [i for i, name in enumerate(names) if _loose(name) == _loose(column)]
+        for column in COLUMNS
+    }
+    for column, positions in found.items():
+        if len(positions) > 1:
+            cells_named = " and ".join(f"{_show(names[i], 40)} (cell {i + 1})" for i in positions)
+            raise CsvError(
+                f"the header has {len(positions)} columns that could be {_show(column)}: "
+                f"{cells_named}; keep one of them and rename or remove the others",
+                row=line,
+                column=column,
+            )
+    missing = [column for column, positions in found.items() if not positions]
+    claimed = {i for positions in found.values() for i in positions}
+    unknown = [name for i, name in enumerate(names) if i not in claimed]
     if missing or unknown:
         problems = (
             [f"missing column{'s' * (len(missing) > 1)} {_listed(missing)}"] if missing else []
@@ -199,15 +244,18 @@ def _column_positions(line: int, cells: list[str]) -> tuple[int, ...]:
             row=line,
             column=(missing or unknown)[0],
         )
-    return tuple(names.index(column) for column in COLUMNS)
+    return tuple(found[column][0] for column in COLUMNS)
+
+
+def _loose(text: str) -> str:
+    """A header name's letters and digits: `S.No.`, `s. no.` and `S. Nº` are all "sno"."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text).casefold() if ch.isalnum())
 
 
 def _did_you_mean(name: str) -> str:
-    def loose(text: str) -> str:
-        return "".join(ch for ch in text.casefold() if ch.isalnum())
-
-    matches = [column for column in COLUMNS if loose(column) == loose(name)]
-    return f" (did you mean {_show(matches[0])}?)" if matches else ""
+    loose_columns = {_loose(column): column for column in COLUMNS}
+    close = difflib.get_close_matches(_loose(name), loose_columns, n=1, cutoff=0.75)
+    return f" (did you mean {_show(loose_columns[close[0]])}?)" if close else ""
 
 
 def _product(
@@ -230,7 +278,8 @@ def _product(
         raise CsvError("the serial number is empty", row=line, column=SERIAL)
     if not name:
         raise CsvError("the product name is empty", row=line, column=NAME)
-    return Product(row=row, serial=serial, name=name, urls=_urls(line, values[URLS], limits))
+    urls = _urls(line, values[URLS], limits)
+    return Product(row=row, serial=serial, name=name, urls=urls, line=line)
 
 
 def _field_count_error(line: int, cells: list[str]) -> CsvError:

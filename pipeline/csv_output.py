@@ -11,6 +11,7 @@ from operator import attrgetter
 from pipeline.models import ImageRecord, ImageStatus
 
 OUTPUT_COLUMNS = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV
 # injection"); a leading quote makes it text. A serial such as "-1" is changed too:
@@ -45,15 +46,20 @@ def output_csv_rows(
         yield [neutralise(cell) for cell in (first.serial, first.product_name, inputs, outputs)]
 
 
-def render_csv(rows: Iterable[list[str]], rows_per_chunk: int = 1000) -> Iterator[bytes]:
-    """UTF-8 CSV bytes in chunks of `rows_per_chunk` rows, so a large file streams."""
+def render_csv(
+    rows: Iterable[list[str]], rows_per_chunk: int = 1000, *, bom: bool = False
+) -> Iterator[bytes]:
+    """UTF-8 CSV bytes in chunks of `rows_per_chunk` rows, so a large file streams;
+    `bom`: the first chunk starts with the byte order mark."""
+    mark = BOM if bom else b""  # in the first chunk, with the rows: never alone
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     for count, row in enumerate(rows, 1):
         writer.writerow(row)
         if count % rows_per_chunk == 0:
-            yield buffer.getvalue().encode("utf-8")
+            yield mark + buffer.getvalue().encode("utf-8")
+            mark = b""
             buffer.seek(0)
             buffer.truncate()
     if buffer.tell():
-        yield buffer.getvalue().encode("utf-8")
+        yield mark + buffer.getvalue().encode("utf-8")

@@ -25,3 +25,9 @@ class Links:
 
     def output_csv(self, request_id: str) -> str:
         return f"{self.base_url}/api/v1/output/{request_id}.csv"
+
+    def images(self, request_id: str) -> str:
+        return f"{self.status(request_id)}/images"
+
+    def failures_csv(self, request_id: str) -> str:
+        return f"{self.status(request_id)}/failures.csv"

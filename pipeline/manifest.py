@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.keys import manifest_key  # noqa: F401 (callers ask the manifest for it)
 from pipeline.models import ImageItem
 from pipeline.storage import Storage
 
@@ -33,6 +34,8 @@ SCHEMA = pa.schema(
         # staged before repeats were fetched once (read as no repeats).
         ("copies", pa.list_(_SLOT)),
         ("copy_of", _SLOT),
+        # The product's line in the uploaded file; absent (read as 0) before lines.
+        ("line", pa.int32()),
     ]
 )
 
@@ -45,10 +48,6 @@ class ManifestInfo:
     batch_size: int
 
 
-def manifest_key(request_id: str) -> str:
-    return f"requests/{request_id}/manifest.parquet"
-
-
 def to_table(items: Sequence[ImageItem]) -> pa.Table:
     return pa.table(
         {
@@ -59,6 +58,7 @@ def to_table(items: Sequence[ImageItem]) -> pa.Table:
             "input_url": [i.input_url for i in items],
             "copies": [[_slot(c) for c in i.copies] if i.copies else None for i in items],
             "copy_of": [_slot(i.copy_of) if i.copy_of else None for i in items],
+            "line": [i.line for i in items],
         },
         schema=SCHEMA,
     )
@@ -69,6 +69,7 @@ def from_table(table: pa.Table) -> list[ImageItem]:
     count = table.num_rows
     copies = columns.get("copies") or [None] * count
     copy_of = columns.get("copy_of") or [None] * count
+    lines = columns.get("line") or [0] * count
     return [
         ImageItem(
             row=r,
@@ -78,8 +79,9 @@ def from_table(table: pa.Table) -> list[ImageItem]:
             input_url=u,
             copies=tuple((c["row"], c["position"]) for c in cs) if cs else (),
             copy_of=(of["row"], of["position"]) if of else None,
+            line=line,
         )
-        for r, p, s, n, u, cs, of in zip(
+        for r, p, s, n, u, cs, of, line in zip(
             columns["row"],
             columns["position"],
             columns["serial"],
@@ -87,6 +89,7 @@ def from_table(table: pa.Table) -> list[ImageItem]:
             columns["input_url"],
             copies,
             copy_of,
+            lines,
             strict=True,
         )
     ]

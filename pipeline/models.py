@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from pipeline.keys import output_key  # noqa: F401 (older callers import it from here)
 from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 
 
@@ -56,12 +57,15 @@ class ImageStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Product:
-    """One validated CSV row. `row` is its 0-based position in input order."""
+    """One validated CSV row. `row` is its 0-based position in input order; `line`
+    the line of the uploaded file where it starts (the header is line 1), which is
+    how people name it: blank lines and quoted line breaks make the two differ."""
 
     row: int
     serial: str
     name: str
     urls: tuple[str, ...]
+    line: int = 0  # 0: not known (made by hand, not parsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class ImageItem:
     input_url: str
     copies: tuple[tuple[int, int], ...] = ()
     copy_of: tuple[int, int] | None = None
+    line: int = 0  # the product's line in the uploaded file (Product.line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +175,23 @@ class ImageRecord:
     bytes_out: int | None = None
     width: int | None = None
     height: int | None = None
+    line: int | None = None  # None: recorded before lines were kept
+
+    @property
+    def file_line(self) -> int:
+        """The product's line in the uploaded file: how people name it. For records
+        from before lines were kept, the line it has when no blank line or quoted
+        line break comes before it."""
+        return self.line or self.row + 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCount:
+    """A group of failure reasons (`failures.reason_group`), how many, one example."""
+
+    reason: str
+    count: int
+    example: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,15 +218,12 @@ def image_items(products: list[Product] | tuple[Product, ...]) -> list[ImageItem
             if leader != len(items):
                 copies.setdefault(leader, []).append(slot)
                 copy_of = (items[leader].row, items[leader].position)
-            items.append(ImageItem(p.row, position, p.serial, p.name, url, copy_of=copy_of))
+            items.append(
+                ImageItem(p.row, position, p.serial, p.name, url, copy_of=copy_of, line=p.line)
+            )
     for index, slots in copies.items():
         items[index] = replace(items[index], copies=tuple(slots))
     return items
-
-
-def output_key(request_id: str, row: int, position: int, extension: str = "jpg") -> str:
-    """Deterministic: a task that runs twice writes the same object."""
-    return f"requests/{request_id}/images/{row:07d}-{position:03d}.{extension}"
 
 
 def iso(value: datetime | None) -> str | None:

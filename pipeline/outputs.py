@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator
 from typing import IO
 
-from pipeline.csv_output import output_csv_rows, render_csv
+from pipeline.csv_output import BOM, output_csv_rows, render_csv
 from pipeline.errors import StorageError
+from pipeline.keys import input_csv_key
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
@@ -25,8 +26,24 @@ log = logging.getLogger(__name__)
 
 
 def csv_chunks(store: RecordStore, storage: Storage, request_id: str) -> Iterator[bytes]:
-    """The request's output CSV from its records, as UTF-8 chunks."""
-    return render_csv(output_csv_rows(store.iter_images(request_id), storage.url))
+    """The request's output CSV from its records, as UTF-8 chunks, with a byte order
+    mark when the uploaded CSV had one."""
+    rows = output_csv_rows(store.iter_images(request_id), storage.url)
+    return render_csv(rows, bom=input_has_bom(storage, request_id))
+
+
+def input_has_bom(storage: Storage, request_id: str) -> bool:
+    """Whether the uploaded CSV starts with UTF-8's byte order mark.
+
+    Excel on Windows saves "CSV UTF-8" with one, and without one opens a UTF-8
+    file as the local code page (mojibake in every non-ASCII name); a file
+    without one came from a tool that does not want it.
+    """
+    try:
+        with storage.open(input_csv_key(request_id), "rb") as fh:
+            return fh.read(len(BOM)) == BOM
+    except (OSError, StorageError):
+        return False  # the input is gone (deleted, storage failing): no mark
 
 
 def write(store: RecordStore, storage: Storage, request_id: str, key: str) -> None:

@@ -10,15 +10,9 @@ objects nobody can find any more.
 from __future__ import annotations
 
 from pipeline.errors import Conflict, RequestNotFound
+from pipeline.keys import request_prefix
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
-
-
-def request_prefix(request_id: str) -> str:
-    """The folder holding everything stored for a request (input, manifest, images,
-    output CSV); the keys under it are built by `models.output_key`, `tasks` and
-    `manifest`."""
-    return f"requests/{request_id}/"
 
 
 def remove_request(store: RecordStore, storage: Storage, request_id: str) -> None:

@@ -31,6 +31,9 @@ class Settings:
     data_dir: Path = Path("data")
     api_base_url: str = ""  # the API's public address; default http://localhost:{port}
     log_level: str = "INFO"
+    # One line per HTTP request on the `imagepipe.access` logger, whatever LOG_LEVEL
+    # (api/access_log.py says what a line holds and what it never holds).
+    access_log: bool = True
 
     # Storage: any fsspec URL; default is local files under data_dir/objects
     storage_url: str = ""
@@ -112,6 +115,10 @@ class Settings:
     # RATE_LIMIT_PER_MINUTE=0 turns the limit off. /health is never limited.
     rate_limit_per_minute: int = 120
     rate_limit_burst: int = 30
+    # Images (/media/ outputs and thumbnails) have their own bucket per client, so a
+    # page of thumbnails neither spends the API's tokens nor gets refused; 0: unlimited.
+    media_rate_limit_per_minute: int = 1200
+    media_rate_limit_burst: int = 500
     # Comma-separated keys; when set, every route but /health needs one and each
     # request is visible only to the key that made it. repr=False: never logged.
     api_keys: str = field(default="", repr=False)

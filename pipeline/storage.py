@@ -21,6 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import ConfigError, StorageError
+from pipeline.keys import PUBLIC_KEY_PATTERN
 
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
@@ -29,7 +30,6 @@ LOCAL_PROTOCOLS = frozenset({"file", "local"})
 # output CSV to the request's owner (API_KEYS). With OUTPUT_URL_MODE=public the
 # bucket grants anonymous reads on this pattern only (`public_read_policy`); S3
 # and MinIO match "*" anywhere in a resource ARN, "/" included.
-PUBLIC_KEY_PATTERN = "requests/*/images/*"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from pipeline.csv_input import CsvLimits, parse_products
 from pipeline.errors import FetchError, ImageRejected, StorageError
 from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.hosts import HostPolicy, limiter_for
-from pipeline.models import ImageItem, ImageResult, image_items, output_key
+from pipeline.keys import (  # noqa: F401 (output_csv_key: importable from here too)
+    cancel_marker_key,
+    input_csv_key,
+    manifest_key,
+    output_csv_key,
+    output_key,
+)
+from pipeline.models import ImageItem, ImageResult, image_items
 from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 from pipeline.storage import Storage, StorageConfig, storage_for
 from pipeline.transform import compress
@@ -43,19 +50,6 @@ class JobSpec:
     hosts: HostPolicy = field(default_factory=HostPolicy)
 
 
-def input_csv_key(request_id: str) -> str:
-    return f"requests/{request_id}/input.csv"
-
-
-def output_csv_key(request_id: str) -> str:
-    return f"requests/{request_id}/output.csv"
-
-
-def cancel_marker_key(request_id: str) -> str:
-    """Present once the request is cancelled: its tasks start no more downloads."""
-    return f"requests/{request_id}/cancelled"
-
-
 def stage_manifest(spec: JobSpec, batch_size: int, limits: CsvLimits) -> manifest.ManifestInfo:
     """CSV on storage -> validated products -> Parquet manifest on storage.
 
@@ -63,7 +57,7 @@ def stage_manifest(spec: JobSpec, batch_size: int, limits: CsvLimits) -> manifes
     earlier) is used as it is: never rewritten under tasks that may be reading it.
     """
     storage = storage_for(spec.storage)
-    key = manifest.manifest_key(spec.request_id)
+    key = manifest_key(spec.request_id)
     staged = manifest.describe(storage, key)
     if staged is not None:
         return staged

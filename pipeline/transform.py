@@ -408,5 +408,17 @@ def _describe(data: bytes) -> str:
         return "looks like XML or SVG"
     if fmt := _sniff(data):
         return f"{fmt} signature but an unreadable header"
+    # Hosts answer a missing image with a text body ("Not Found", a JSON error, a
+    # CSV): its first words say more than its first bytes in hex. Text is UTF-8
+    # (ASCII included) with nothing but printable characters and white space;
+    # a character cut at the 512th byte decodes as one U+FFFD, which is dropped.
+    text = data[:512].decode("utf-8", errors="replace").removeprefix("\ufeff")
+    if len(data) > 512:
+        text = text.removesuffix("\ufffd")
+    words = " ".join(text.split())  # any run of white space, line breaks too: one space
+    if words and "\ufffd" not in words and words.isprintable():
+        excerpt = words[:40].rstrip() + "…" if len(words) > 40 or len(data) > 512 else words
+        quoted = excerpt.replace("\\", "\\\\").replace('"', '\\"')
+        return f'looks like text: "{quoted}"'
     expected = ", ".join(SUPPORTED_FORMATS)
     return f"starts with {data[:8].hex(' ')}; expected {expected}"

@@ -37,7 +37,9 @@ from pipeline.models import (
     ImageItem,
     ImageRecord,
     ImageResult,
+    ImageStatus,
     NewRequest,
+    ReasonCount,
     RequestRecord,
     RequestStatus,
 )
@@ -108,8 +110,20 @@ class RecordStore(Protocol):
     def list_images(self, request_id: str, row_start: int, row_end: int) -> list[ImageRecord]:
         """Images of rows in [row_start, row_end), ordered by (row, position)."""
 
-    def iter_images(self, request_id: str, batch_size: int = 5000) -> Any:
-        """Every image of the request ordered by (row, position), streamed."""
+    def iter_images(
+        self, request_id: str, batch_size: int = 5000, status: ImageStatus | None = None
+    ) -> Any:
+        """Every image of the request (or those in `status`) ordered by (row, position),
+        streamed."""
+
+    def images_with_status(
+        self, request_id: str, status: ImageStatus | None, offset: int, limit: int
+    ) -> list[ImageRecord]:
+        """A page of the request's images (those in `status`, or all), in order."""
+
+    def failure_summary(self, request_id: str, limit: int = 20) -> list[ReasonCount]:
+        """Failed images counted by reason group (`failures.reason_group`), most
+        first, each with one full reason as an example."""
 
     def pending_images(self, request_id: str) -> list[tuple[int, int]]:
         """(row, position) of images without a result, ordered."""

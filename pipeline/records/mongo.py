@@ -39,11 +39,12 @@ from pipeline.models import (
     ImageResult,
     ImageStatus,
     NewRequest,
+    ReasonCount,
     RequestRecord,
     RequestStatus,
 )
 from pipeline.options import OutputOptions
-from pipeline.records.rules import delivery_due, first_per_image
+from pipeline.records.rules import delivery_due, first_per_image, result_fields
 
 log = logging.getLogger(__name__)
 _DUPLICATE_KEY = 11000
@@ -97,6 +98,11 @@ class MongoRecordStore:
         self.images.create_index(
             [("request_id", ASCENDING), ("status", ASCENDING), *_BY_POSITION],
             name="request_status",
+        )
+        # A request's failures counted by reason group from the index alone.
+        self.images.create_index(
+            [("request_id", ASCENDING), ("status", ASCENDING), ("reason_group", ASCENDING)],
+            name="request_status_reason",
         )
         self.requests.create_index(
             [("status", ASCENDING), ("created_at", ASCENDING)], name="status_created_at"
@@ -404,6 +410,7 @@ class MongoRecordStore:
                 "serial": i.serial,
                 "product_name": i.product_name,
                 "input_url": i.input_url,
+                "line": i.line or None,
                 "status": ImageStatus.PENDING.value,
             }
             for i in items
@@ -453,15 +460,49 @@ class MongoRecordStore:
         query = {"request_id": request_id, "row": {"$gte": row_start, "$lt": row_end}}
         return [_image_record(d) for d in self.images.find(query, _IMAGE_FIELDS).sort(_BY_POSITION)]
 
-    def iter_images(self, request_id: str, batch_size: int = 5000) -> Iterator[ImageRecord]:
+    def iter_images(
+        self, request_id: str, batch_size: int = 5000, status: ImageStatus | None = None
+    ) -> Iterator[ImageRecord]:
         # One cursor, read in server batches of batch_size along the unique index.
         with _wrap_errors():
-            cursor = self.images.find({"request_id": request_id}, _IMAGE_FIELDS)
+            cursor = self.images.find(_images_query(request_id, status), _IMAGE_FIELDS)
             try:
                 for doc in cursor.sort(_BY_POSITION).batch_size(batch_size):
                     yield _image_record(doc)
             finally:
                 cursor.close()
+
+    @_wrap_errors()
+    def images_with_status(
+        self, request_id: str, status: ImageStatus | None, offset: int, limit: int
+    ) -> list[ImageRecord]:
+        cursor = (
+            self.images.find(_images_query(request_id, status), _IMAGE_FIELDS)
+            .sort(_BY_POSITION)
+            .skip(offset)
+            .limit(limit)
+        )
+        return [_image_record(d) for d in cursor]
+
+    @_wrap_errors()
+    def failure_summary(self, request_id: str, limit: int = 20) -> list[ReasonCount]:
+        pipeline = [
+            {"$match": {"request_id": request_id, "status": ImageStatus.FAILED.value}},
+            {
+                "$group": {
+                    # Images failed before groups were stored group by their reason.
+                    "_id": {"$ifNull": ["$reason_group", {"$ifNull": ["$error", ""]}]},
+                    "n": {"$sum": 1},
+                    "example": {"$min": "$error"},
+                }
+            },
+            {"$sort": {"n": -1, "_id": 1}},
+            {"$limit": limit},
+        ]
+        return [
+            ReasonCount(d["_id"], d["n"], d.get("example") or "")
+            for d in self.images.aggregate(pipeline)
+        ]
 
     @_wrap_errors()
     def pending_images(self, request_id: str) -> list[tuple[int, int]]:
@@ -521,7 +562,7 @@ class MongoRecordStore:
                     "position": r.position,
                     "status": ImageStatus.PENDING.value,
                 },
-                {"$set": _result_fields(r)},
+                {"$set": result_fields(r)},
             )
             for r in results
         ]
@@ -529,18 +570,6 @@ class MongoRecordStore:
             return self.images.bulk_write(ops, ordered=False).modified_count, None
         except BulkWriteError as exc:
             return int(exc.details.get("nModified", 0)), exc
-
-
-def _result_fields(result: ImageResult) -> dict[str, Any]:
-    return {
-        "status": (ImageStatus.DONE if result.ok else ImageStatus.FAILED).value,
-        "output_key": result.output_key,
-        "error": result.error,
-        "bytes_in": result.bytes_in,
-        "bytes_out": result.bytes_out,
-        "width": result.width,
-        "height": result.height,
-    }
 
 
 def _counters(doc: Mapping[str, Any]) -> Counters:
@@ -619,6 +648,13 @@ def _request_record(doc: Mapping[str, Any]) -> RequestRecord:
     )
 
 
+def _images_query(request_id: str, status: ImageStatus | None) -> dict[str, Any]:
+    query: dict[str, Any] = {"request_id": request_id}
+    if status is not None:
+        query["status"] = status.value
+    return query
+
+
 def _image_record(doc: Mapping[str, Any]) -> ImageRecord:
     return ImageRecord(
         row=doc["row"],
@@ -633,4 +669,5 @@ def _image_record(doc: Mapping[str, Any]) -> ImageRecord:
         bytes_out=doc.get("bytes_out"),
         width=doc.get("width"),
         height=doc.get("height"),
+        line=doc.get("line"),
     )

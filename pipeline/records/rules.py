@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.models import ImageResult
+from pipeline.failures import reason_group
+from pipeline.models import ImageResult, ImageStatus
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,21 @@ log = logging.getLogger(__name__)
 def first_per_image(results: Sequence[ImageResult]) -> list[ImageResult]:
     """Keep the first result of each image, so a batch with duplicates counts once."""
     return list({(r.row, r.position): r for r in reversed(results)}.values())
+
+
+def result_fields(result: ImageResult) -> dict[str, Any]:
+    """The image fields a result sets, as both stores write them."""
+    return {
+        "status": (ImageStatus.DONE if result.ok else ImageStatus.FAILED).value,
+        "output_key": result.output_key,
+        "error": result.error,
+        # Stored beside the reason so a summary counts groups through an index.
+        "reason_group": reason_group(result.error) if result.error else None,
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "width": result.width,
+        "height": result.height,
+    }
 
 
 def to_ms(at: datetime) -> datetime:

@@ -35,11 +35,12 @@ from pipeline.models import (
     ImageResult,
     ImageStatus,
     NewRequest,
+    ReasonCount,
     RequestRecord,
     RequestStatus,
 )
 from pipeline.options import OutputOptions
-from pipeline.records.rules import delivery_due, first_per_image
+from pipeline.records.rules import delivery_due, first_per_image, result_fields
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 10.0  # seconds close() waits for a thread's statement to finish
@@ -134,10 +135,18 @@ _INDEXES = (
     f" WHERE {_PENDING_DELIVERY}",
     "CREATE INDEX IF NOT EXISTS images_pending ON images (request_id, row, position)"
     " WHERE status = 'pending'",
+    # A request's failures: counted by reason group, listed in order.
+    "CREATE INDEX IF NOT EXISTS images_failed ON images"
+    " (request_id, reason_group, row, position) WHERE status = 'failed'",
+    "CREATE INDEX IF NOT EXISTS images_status ON images (request_id, status, row, position)",
+)
+_ADDED_IMAGE_COLUMNS = (
+    ("line", "INTEGER"),  # NULL for images recorded before lines were kept
+    ("reason_group", "TEXT"),
 )
 _IMAGE_COLUMNS = (
     "row, position, serial, product_name, input_url, status,"
-    " output_key, error, bytes_in, bytes_out, width, height"
+    " output_key, error, bytes_in, bytes_out, width, height, line"
 )
 
 
@@ -463,14 +472,15 @@ class SqliteRecordStore:
     # -- images ---------------------------------------------------------------
     def add_images(self, request_id: str, items: Sequence[ImageItem]) -> int:
         rows = (
-            (request_id, i.row, i.position, i.serial, i.product_name, i.input_url) for i in items
+            (request_id, i.row, i.position, i.serial, i.product_name, i.input_url, i.line or None)
+            for i in items
         )
         with self._write() as conn:
             self._require(conn, request_id)
             cursor = conn.executemany(
                 "INSERT OR IGNORE INTO images"
-                " (request_id, row, position, serial, product_name, input_url)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (request_id, row, position, serial, product_name, input_url, line)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return max(cursor.rowcount, 0)
@@ -482,6 +492,7 @@ class SqliteRecordStore:
         # and a late result never overwrites an image its request's cancel left cancelled.
         update = (
             "UPDATE images SET status = :status, output_key = :output_key, error = :error,"
+            " reason_group = :reason_group,"
             " bytes_in = :bytes_in, bytes_out = :bytes_out, width = :width, height = :height"
             " WHERE request_id = :request_id AND row = :row AND position = :position"
             " AND status = 'pending'"
@@ -512,21 +523,44 @@ class SqliteRecordStore:
         )
         return [_image_record(r) for r in rows]
 
-    def iter_images(self, request_id: str, batch_size: int = 5000) -> Iterator[ImageRecord]:
+    def iter_images(
+        self, request_id: str, batch_size: int = 5000, status: ImageStatus | None = None
+    ) -> Iterator[ImageRecord]:
         # Keyset pagination: each chunk starts after the last key seen, via the unique
         # index, and is fetched whole, so no read transaction stays open across a yield
         # (an open one would pin the WAL and stop checkpoints while the caller is slow).
         after = (-1, -1)
+        where, extra = _status_filter(status)
         while True:
             rows = self._read(
-                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?"
+                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?{where}"
                 " AND (row, position) > (?, ?) ORDER BY row, position LIMIT ?",
-                (request_id, *after, batch_size),
+                (request_id, *extra, *after, batch_size),
             )
             yield from (_image_record(r) for r in rows)
             if len(rows) < batch_size:
                 return
             after = (rows[-1]["row"], rows[-1]["position"])
+
+    def images_with_status(
+        self, request_id: str, status: ImageStatus | None, offset: int, limit: int
+    ) -> list[ImageRecord]:
+        where, extra = _status_filter(status)
+        rows = self._read(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?{where}"
+            " ORDER BY row, position LIMIT ? OFFSET ?",
+            (request_id, *extra, limit, offset),
+        )
+        return [_image_record(r) for r in rows]
+
+    def failure_summary(self, request_id: str, limit: int = 20) -> list[ReasonCount]:
+        rows = self._read(
+            "SELECT coalesce(reason_group, error, '') AS reason, count(*) AS n,"
+            " min(error) AS example FROM images WHERE request_id = ? AND status = 'failed'"
+            " GROUP BY 1 ORDER BY n DESC, reason LIMIT ?",
+            (request_id, limit),
+        )
+        return [ReasonCount(r["reason"], r["n"], r["example"] or "") for r in rows]
 
     def pending_images(self, request_id: str) -> list[tuple[int, int]]:
         rows = self._read(
@@ -698,10 +732,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         for table in _TABLES:
             conn.execute(table)
-        present = {row["name"] for row in conn.execute("PRAGMA table_info(requests)")}
-        for name, declaration in _ADDED_REQUEST_COLUMNS:
-            if name not in present:
-                conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
+        for table, added in (
+            ("requests", _ADDED_REQUEST_COLUMNS),
+            ("images", _ADDED_IMAGE_COLUMNS),
+        ):
+            present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in added:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
         for name in _DROPPED_INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {name}")
         for index in _INDEXES:
@@ -732,18 +770,9 @@ def _wrap_errors() -> Iterator[None]:
 
 
 def _result_params(request_id: str, result: ImageResult) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "row": result.row,
-        "position": result.position,
-        "status": (ImageStatus.DONE if result.ok else ImageStatus.FAILED).value,
-        "output_key": result.output_key,
-        "error": result.error,
-        "bytes_in": result.bytes_in,
-        "bytes_out": result.bytes_out,
-        "width": result.width,
-        "height": result.height,
-    }
+    return {"request_id": request_id, "row": result.row, "position": result.position} | (
+        result_fields(result)
+    )
 
 
 def _ts(at: datetime) -> str:
@@ -786,6 +815,10 @@ def _request_record(row: sqlite3.Row) -> RequestRecord:
         waiting_reason=row["waiting_reason"],
         options=OutputOptions.from_dict(json.loads(row["options"])) if row["options"] else None,
     )
+
+
+def _status_filter(status: ImageStatus | None) -> tuple[str, tuple[str, ...]]:
+    return ("", ()) if status is None else (" AND status = ?", (status.value,))
 
 
 def _image_record(row: sqlite3.Row) -> ImageRecord:

@@ -52,9 +52,8 @@ def make_client(
     settings: Settings, store: RecordStore, storage: Storage, runner: RecordingRunner, **kw
 ) -> falcon.testing.TestClient:
     ids = iter(f"{n:032x}" for n in range(1, 100_000))
-    app = create_app(
-        settings, store, storage, runner, clock=lambda: T0, new_id=lambda: next(ids), **kw
-    )
+    kw.setdefault("clock", lambda: T0)
+    app = create_app(settings, store, storage, runner, new_id=lambda: next(ids), **kw)
     return falcon.testing.TestClient(app)
 
 

@@ -12,7 +12,10 @@ import zipfile
 from dataclasses import replace
 
 import pytest
+from waitress.adjustments import Adjustments
 
+from api.connections import refusal
+from api.uploads import max_body_bytes
 from tests.api.support import make_client, multipart, upload
 
 HEADER = b"S. No.,Product Name,Input Image Urls\n"
@@ -54,7 +57,7 @@ BAD_CSVS = {
         "S. No.",
     ),
     "misspelled column": (
-        b"S. No.,Product name,Input Image Urls\n1,Lamp," + URL + b"\n",
+        b"S. No.,Product Nmae,Input Image Urls\n1,Lamp," + URL + b"\n",
         422,
         "did you mean 'Product Name'",
         1,
@@ -73,6 +76,20 @@ BAD_CSVS = {
         "appears twice",
         1,
         "S. No.",
+    ),
+    "two columns that could be one": (
+        b"S. No.,Product Name,Input Image Urls,product  name\n1,L," + URL + b",L\n",
+        422,
+        "2 columns that could be 'Product Name': 'Product Name' (cell 2) and 'product  name'",
+        1,
+        "Product Name",
+    ),
+    "an Excel workbook": (
+        b"PK\x03\x04" + bytes(26) + b"[Content_Types].xml" + b"PK\x03\x04xl/workbook.xml",
+        422,
+        "looks like an Excel workbook (XLSX); save it as CSV",
+        None,
+        None,
     ),
     "semicolon delimiter": (
         b"S. No.;Product Name;Input Image Urls\n1;Lamp;" + URL + b"\n",
@@ -222,8 +239,17 @@ def test_big_cell_under_the_upload_limit_is_named_by_the_csv_check(
         HEADER.replace(b"\n", b"\r\n") + b"1,Lamp," + URL + b"\r\n",  # CRLF
         HEADER + b'1,"Lamp\nwith a line break",' + URL + b"\n",  # Alt+Enter in a name
         HEADER + b'1,Lamp,"' + URL + b", " + URL + b'"\n',  # spaces after commas
+        b"s. no.,Product  Name, Input Image URLs \n1,Lamp," + URL + b"\n",  # typed by hand
+        b"S.No.,PRODUCT NAME,Input Image URLS\n1,Lamp," + URL + b"\n",
     ],
-    ids=["bom", "crlf", "newline-in-name", "spaces-after-commas"],
+    ids=[
+        "bom",
+        "crlf",
+        "newline-in-name",
+        "spaces-after-commas",
+        "header-case-and-spacing",
+        "header-punctuation",
+    ],
 )
 def test_ordinary_spreadsheet_output_is_accepted(client, data):
     assert upload(client, data).status_code == 202
@@ -341,3 +367,39 @@ def test_an_oversized_form_field_is_refused(client, assert_nothing_recorded):
     assert response.status_code == 400
     assert "too large" in response.json["description"]
     assert_nothing_recorded()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/upload", "/api/images/upload"])
+def test_get_on_an_upload_route_says_how_to_upload(client, path, assert_nothing_recorded):
+    response = client.simulate_get(path)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.json["title"] == "Method not allowed"
+    example = f"curl -F file=@products.csv http://api.test{path}"
+    assert example in response.json["description"] and response.json["example"] == example
+    assert "http://api.test/docs" in response.json["description"]
+    assert response.json["docs"] == "http://api.test/docs"
+    assert_nothing_recorded()
+
+
+def test_waitress_refusing_a_body_answers_like_the_app(client, settings):
+    """waitress's own 413 (tests/integration/test_hostile_http.py) has the app's shape."""
+    body_limit = max_body_bytes(settings)
+    declared = body_limit * 10
+    app_answer = client.simulate_post(
+        "/api/v1/upload",
+        body=b"",
+        headers={
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": str(declared),
+        },
+    )
+    adj = Adjustments(max_request_body_size=body_limit)
+    server_answer = refusal(413, "exceeds max_body of 1", adj, declared)
+    assert app_answer.status_code == 413
+    assert server_answer == {
+        "title": app_answer.json["title"],
+        "description": app_answer.json["description"],
+    }
+    chunked = refusal(413, "exceeds max_body of 1", adj, 0)["description"]
+    assert f"the limit is {settings.max_upload_bytes:,} bytes for the CSV" in chunked

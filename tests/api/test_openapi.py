@@ -1,4 +1,5 @@
-"""The OpenAPI document: valid, complete, and true of the live app (schemathesis)."""
+"""The OpenAPI document: valid, complete, its examples true to it, and the document
+true of the live app (schemathesis); /docs renders all of it readably."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from schemathesis.checks import (
     content_type_conformance,
@@ -21,13 +23,145 @@ from schemathesis.checks import (
 
 from api import openapi
 from api.app import create_app
-from pipeline.models import ImageItem, ImageResult, RequestStatus, output_key
+from api.images import FAILURE_COLUMNS
+from pipeline.models import (
+    ImageItem,
+    ImageResult,
+    RequestRecord,
+    RequestStatus,
+    output_key,
+)
+from pipeline.notify import completion_event, signed_headers
 from pipeline.options import FIELDS, FORMATS, MAX_SIDE, OptionDefaults
 from tests.api.support import GOOD_CSV, T0, upload
 
+ALIASES = {
+    ("/api/images/upload", "post"): ("/api/v1/upload", "post"),
+    ("/api/images/upload", "get"): ("/api/v1/upload", "get"),  # says how to upload (405)
+    ("/api/v1/status/{request_id}", "get"): ("/api/v1/requests/{request_id}", "get"),
+    ("/api/status/{request_id}", "get"): ("/api/v1/requests/{request_id}", "get"),
+}
+
 
 def test_document_is_valid_openapi():
-    validate(openapi.document("http://api.test"))
+    doc = openapi.document("http://api.test")
+    validate(doc)
+    assert doc["openapi"].startswith("3.1.")  # for `webhooks`
+
+
+def operations(doc):
+    """(where, operation) of every path and webhook operation."""
+    for section in ("paths", "webhooks"):
+        for path, item in doc[section].items():
+            for method, op in item.items():
+                yield f"{method.upper()} {path}", op
+
+
+def media_examples(media):
+    if "example" in media:
+        yield "example", media["example"]
+    for name, example in media.get("examples", {}).items():
+        yield name, example["value"]
+
+
+@pytest.mark.parametrize("defaults", [None, OptionDefaults(format="webp", webp_quality=61)])
+def test_every_example_fits_its_schema(defaults):
+    doc = openapi.document("http://api.test", defaults)
+    checked = 0
+    for where, op in operations(doc):
+        bodies = [("request", op["requestBody"])] if "requestBody" in op else []
+        bodies += list(op["responses"].items())
+        for code, body in bodies:
+            for ctype, media in body.get("content", {}).items():
+                # The schema resolves its $refs in the document's components.
+                schema = {**media["schema"], "components": doc["components"]}
+                for name, value in media_examples(media):
+                    errors = [e.message for e in Draft202012Validator(schema).iter_errors(value)]
+                    assert not errors, (where, code, ctype, name, errors)
+                    checked += 1
+    assert checked > 60
+
+
+def test_every_operation_has_examples_and_aliases_do_not_repeat_them():
+    # Answers that are a page, this document or an image need no example.
+    no_example = {"text/html", "image/jpeg", "image/webp", "image/avif"}
+    doc = openapi.document()
+    for where, op in operations(doc):
+        bodies = [("request", op.get("requestBody", {})), *op["responses"].items()]
+        examples = {
+            (code, ctype): [name for name, _ in media_examples(media)]
+            for code, body in bodies
+            for ctype, media in body.get("content", {}).items()
+            if ctype not in no_example and (where, code) != ("GET /api/v1/openapi.json", "200")
+        }
+        if "x-alias-of" in op:
+            assert not any(examples.values()), where
+        else:
+            assert all(examples.values()), (where, examples)
+
+
+def test_aliases_are_the_main_operation_deprecated():
+    doc = openapi.document()
+    paths = doc["paths"]
+    for (path, method), (main_path, main_method) in ALIASES.items():
+        alias, main = paths[path][method], paths[main_path][main_method]
+        assert alias["deprecated"] is True and not main.get("deprecated")
+        assert alias["x-alias-of"] == main["operationId"]
+        assert f"{main_method.upper()} {main_path}" in alias["summary"]
+        assert alias.get("parameters") == main.get("parameters")
+        for ctype, media in main.get("requestBody", {}).get("content", {}).items():
+            assert alias["requestBody"]["content"][ctype]["schema"] == media["schema"]
+        assert alias["responses"].keys() == main["responses"].keys()
+        for code, answer in alias["responses"].items():
+            for ctype, media in answer.get("content", {}).items():
+                assert media["schema"] == main["responses"][code]["content"][ctype]["schema"]
+    aliased = {(p, m) for p, item in paths.items() for m, op in item.items() if "x-alias-of" in op}
+    assert aliased == set(ALIASES)
+    # The operationIds older generated clients call stay as they were.
+    assert paths["/api/v1/status/{request_id}"]["get"]["operationId"] == "status"
+    assert paths["/api/images/upload"]["post"]["operationId"] == "uploadLegacy"
+
+
+def test_the_webhook_is_documented_as_sent(store):
+    doc = openapi.document("http://api.test")
+    hook = doc["webhooks"]["requestCompleted"]["post"]
+    event_schema = doc["components"]["schemas"]["WebhookEvent"]
+    record = RequestRecord(
+        "ab" * 16, RequestStatus.COMPLETED_WITH_ERRORS, 2, 3, 3, 1, T0, T0, completed_at=T0
+    )
+    event = completion_event(record, status_url="http://api.test/s", output_csv_url=None)
+    assert set(event_schema["properties"]) == set(event) == set(event_schema["required"])
+    schema = {**event_schema, "components": doc["components"]}
+    assert not list(Draft202012Validator(schema).iter_errors(event))
+    assert hook["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WebhookEvent"
+    }
+    # Every header the sender sets but Content-Type (the body's media type says it).
+    sent = set(signed_headers(b"k" * 16, "msg_x", 1, b"{}")) - {"Content-Type"}
+    headers = {p["name"]: p for p in hook["parameters"] if p["in"] == "header"}
+    assert set(headers) == sent
+    assert headers["webhook-signature"]["required"] is False  # unsigned without a secret
+    assert "NATS" in hook["description"] and "same JSON" in hook["description"]
+
+
+def test_failures_and_images_are_documented():
+    doc = openapi.document()
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    status = schemas["Status"]["properties"]
+    assert status["failures"]["anyOf"] == [
+        {"$ref": "#/components/schemas/Failures"},
+        {"type": "null"},
+    ]
+    for rate in ("images_per_second", "eta_seconds"):
+        assert status[rate]["type"] == ["number", "null"]
+    assert {"line", "row"} <= set(schemas["Product"]["required"])
+    assert {"line", "row"} <= set(schemas["Error"]["properties"])
+    images = paths["/api/v1/requests/{request_id}/images"]["get"]
+    query = {p["name"]: p["schema"] for p in images["parameters"] if p["in"] == "query"}
+    assert query["status"]["enum"] == ["pending", "done", "failed", "cancelled"]
+    assert query["per_page"]["maximum"] == 500
+    failures = paths["/api/v1/requests/{request_id}/failures.csv"]["get"]["responses"]["200"]
+    assert failures["content"]["text/csv"]["example"].startswith(",".join(FAILURE_COLUMNS))
 
 
 def test_every_status_is_documented():
@@ -73,13 +207,13 @@ def test_options_are_in_every_status_and_error():
     # The list items and the cancel answer are Status too; null for a request
     # recorded before options existed.
     status_options = schemas["Status"]["properties"]["options"]
-    assert status_options["allOf"] == [ref] and status_options["nullable"] is True
+    assert status_options["anyOf"] == [ref, {"type": "null"}]
     for name in ("Accepted", "Status"):
         assert "options" in schemas[name]["required"]
     options = schemas["Options"]
     assert options["required"] == list(FIELDS)
     assert options["properties"]["format"]["enum"] == list(FORMATS)
-    assert options["properties"]["max_height"]["nullable"] is True
+    assert options["properties"]["max_height"]["type"] == ["integer", "null"]
     assert "field" in schemas["Error"]["properties"]
 
 
@@ -120,14 +254,40 @@ def test_served_and_rendered(client):
     assert served.json["paths"]["/api/v1/upload"]["post"]["operationId"] == "upload"
     page = client.simulate_get("/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/api/v1/status/{request_id}" in page.text and "Output Image Urls" in page.text
-    for route in ("/api/v1/requests", "/api/v1/requests/{request_id}/cancel"):
-        assert f"<code class=''>{route}</code>" in page.text
-    assert "<span class='method delete'>delete</span>" in page.text
-    assert "ends `cancelled` shortly" in page.text  # what a cancel promises, in words
-    for field in FIELDS:  # each option with its type and meaning, on both upload routes
-        assert page.text.count(f"<td><code>{field}</code></td>") == 2, field
-    assert "never enlarged" in page.text
+    text = page.text
+    assert "Output Image Urls" in text
+    for route in (
+        "/api/v1/requests",
+        "/api/v1/requests/{request_id}/cancel",
+        "/api/v1/requests/{request_id}/images",
+        "/api/v1/requests/{request_id}/failures.csv",
+    ):
+        assert f"<code class=''>{route}</code>" in text
+    # The older routes: named beside their operation, not repeated in full.
+    for (path, method), _ in ALIASES.items():
+        assert f"<code class=''>{path}</code>" not in text
+        assert f"<code>{method.upper()} {path}</code>" in text
+    assert "<span class='method delete'>delete</span>" in text
+    assert "ends <code>cancelled</code> shortly" in text  # what a cancel promises, in words
+    for field in FIELDS:  # each option with its type and meaning: the form, and Options
+        assert text.count(f"<td><code>{field}</code></td>") == 2, field
+    assert "never enlarged" in text
+    # Schemas as tables of fields, not JSON; nested fields by their dotted names.
+    assert '"properties"' not in text and "<h3 id='schema-Status'>" in text
+    assert "<td><code>failures</code></td>" in text and "<code>page.next</code>" in text
+    # Examples: the upload as curl, answers as JSON.
+    assert "curl -F file=@products.csv -F webhook_url=" in text
+    assert "&quot;images_per_second&quot;: 25.0" in text
+    # The webhook with its headers, and NATS.
+    for header in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert f"<td><code>{header}</code></td>" in text
+    assert "NATS_SUBJECT" in text
+    # Try it: a form with every upload field, a status form, the script inlined.
+    assert "<form id=try-upload method=post action='/api/v1/upload'" in text
+    for field in ("file", "webhook_url", *FIELDS):
+        assert f"name='{field}'" in text
+    assert "id=try-status" in text and "images?status=failed" in text
+    assert "<script>" in text and "src=" not in text and "imagepipe-key" in text
     home = client.simulate_get("/")
     assert home.status_code == 200 and 'id="upload"' in home.text
 
@@ -176,6 +336,15 @@ def test_known_requests_fit_the_document(live_app):
     cases += [
         (ops["/api/v1/output/{request_id}.csv"], {"request_id": r}, {}) for r in known.values()
     ]
+    cases += [
+        (ops["/api/v1/requests/{request_id}/images"], {"request_id": rid}, query)
+        for rid in (known["pending"], known["final"])
+        for query in ({}, {"status": "failed"}, {"status": "done", "per_page": 1}, {"page": 2})
+    ]
+    cases += [
+        (ops["/api/v1/requests/{request_id}/failures.csv"], {"request_id": rid}, {})
+        for rid in (known["pending"], known["final"])
+    ]
     cases.append((ops["/media/{key}"], {"key": known["media"]}, {}))
     cases += [
         (ops["/api/v1/requests"], {}, query)
@@ -185,7 +354,7 @@ def test_known_requests_fit_the_document(live_app):
     for op, path_parameters, query in cases:
         case = op.Case(path_parameters=path_parameters, query=query)
         statuses.append(case.call_and_validate(checks=CHECKS).status_code)
-    assert statuses.count(200) >= 21 and 409 in statuses and 404 in statuses
+    assert statuses.count(200) >= 31 and 409 in statuses and 404 in statuses
 
     # Uploads with options: accepted with the options resolved, or refused naming the field.
     posts = {

@@ -434,6 +434,70 @@ def test_iter_images_streams_everything_in_order_across_chunks(store: RecordStor
     ]
 
 
+def test_images_by_status_in_pages_and_streams(store: RecordStore):
+    started(store, rows=6)
+    store.create_request(new_request("neighbour"))
+    store.add_images("neighbour", images(2))
+    store.apply_results("neighbour", [bad(0, 0)], T0)
+    store.apply_results("req-1", [bad(4, 1), ok(0, 0), bad(1, 0), bad(5, 0), ok(2, 1)], T0)
+
+    failed = store.images_with_status("req-1", ImageStatus.FAILED, 0, 2)
+    assert [(i.row, i.position) for i in failed] == [(1, 0), (4, 1)]
+    assert [
+        (i.row, i.position) for i in store.images_with_status("req-1", ImageStatus.FAILED, 2, 2)
+    ] == [(5, 0)]
+    assert store.images_with_status("req-1", ImageStatus.FAILED, 3, 2) == []
+    assert len(store.images_with_status("req-1", ImageStatus.PENDING, 0, 100)) == 7
+    assert len(store.images_with_status("req-1", None, 0, 100)) == 12
+    streamed = store.iter_images("req-1", batch_size=2, status=ImageStatus.FAILED)
+    assert [(i.row, i.position, i.error) for i in streamed] == [
+        (1, 0, "HTTP 404"),
+        (4, 1, "HTTP 404"),
+        (5, 0, "HTTP 404"),
+    ]
+
+
+def test_failure_summary_counts_reason_groups_most_first(store: RecordStore):
+    started(store, rows=6)
+    store.apply_results(
+        "req-1",
+        [
+            bad(0, 0, "download failed: HTTP 404 after 2 retries"),
+            bad(0, 1, "download failed: HTTP 404 after 1 retries"),
+            bad(1, 0, "download failed: HTTP 503"),
+            bad(2, 0, "image is 9000x9000 = 81000000 pixels, over the limit of 50000000"),
+            bad(3, 0, "download failed: HTTP 404 after 2 retries"),
+            ok(4, 0),
+        ],
+        T0,
+    )
+    summary = store.failure_summary("req-1")
+    assert [(r.reason, r.count) for r in summary] == [
+        ("download failed: HTTP 404 after N retries", 3),
+        ("download failed: HTTP 503", 1),
+        ("image is NxN = N pixels, over the limit of N", 1),
+    ]
+    assert summary[0].example == "download failed: HTTP 404 after 1 retries"
+    assert [r.reason for r in store.failure_summary("req-1", limit=1)] == [summary[0].reason]
+    assert store.failure_summary("no-such-id") == []
+
+
+def test_an_images_line_round_trips(backend: Backend):
+    store = backend.store
+    store.create_request(new_request(total_rows=2, total_images=2))
+    store.add_images(
+        "req-1",
+        [
+            ImageItem(0, 0, "1", "A", "https://img.test/a.jpg", line=3),
+            ImageItem(1, 0, "2", "B", "https://img.test/b.jpg"),  # line not known
+        ],
+    )
+    for each in (store, backend.reopen()):
+        a, b = each.list_images("req-1", 0, 2)
+        assert (a.line, a.file_line) == (3, 3)
+        assert (b.line, b.file_line) == (None, 3)  # row 1 on a file without blank lines
+
+
 def test_pending_images_are_those_without_a_result_in_order(store: RecordStore):
     started(store)
     assert store.pending_images("req-1") == [(r, p) for r in range(3) for p in range(2)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 
 import pytest
 
@@ -70,3 +72,86 @@ def test_rate_limit_answers_429_with_retry_after(service):
     assert refused.status == 429
     assert int(refused.headers["Retry-After"]) >= 1
     assert service.get("/health").status == 200
+
+
+def answer_of(service: Service, head: bytes, body_chunks=()) -> tuple[bytes, dict[str, str], bytes]:
+    """Send a request by hand; the status line, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        while not _complete(answer):
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:  # closed with the rest of our body unread
+                break
+            if not data:
+                break
+            answer += data
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head_part.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in lines)}
+    return status.encode(), headers, body
+
+
+def _complete(answer: bytes) -> bool:
+    head, found, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        (int(line[15:]) for line in head.lower().split(b"\r\n") if line[:15] == b"content-length:"),
+        None,
+    )
+    return bool(found) and length is not None and len(body) >= length
+
+
+@pytest.mark.parametrize("framing", ["declared", "chunked"])
+def test_the_servers_own_413_is_the_apis_json_error(service, framing):
+    head = (
+        b"POST /api/v1/upload?api_key=s3cr3t HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+    )
+    if framing == "declared":
+        status, headers, body = answer_of(service, head + b"Content-Length: 1000000000\r\n\r\n")
+    else:
+        piece = b"x" * 16384
+        chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * 20
+        status, headers, body = answer_of(
+            service, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks
+        )
+    assert status.startswith(b"HTTP/1.1 413"), status
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    error = json.loads(body)
+    assert error["title"] == "Payload too large"
+    assert f"the limit is {LIMIT:,} bytes for the CSV (MAX_UPLOAD_BYTES)" in error["description"]
+    size = "1,000,000,000 bytes" if framing == "declared" else "over the limit"
+    assert f"the upload is {size}" in error["description"]
+    # waitress's refusals are in the access log too, secrets redacted
+    deadline = time.monotonic() + 5
+    line = f'"POST /api/v1/upload?api_key=REDACTED" 413 - {len(body)}B'
+    while line not in service.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in service.logs()
+    assert "s3cr3t" not in service.logs()
+
+
+def test_a_request_waitress_cannot_parse_gets_a_json_error(service):
+    status, headers, body = answer_of(
+        service, b"POST /api/v1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n"
+    )
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["title"] == "Bad request"
+    assert error["description"].startswith("the server could not read this HTTP request")
+
+
+def test_every_request_is_in_the_access_log(service):
+    assert service.get("/health").status == 200
+    deadline = time.monotonic() + 5
+    while '"GET /health" 200 ' not in service.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '127.0.0.1 "GET /health" 200 ' in service.logs()

@@ -272,3 +272,24 @@ def test_run_csv_refuses_a_bad_option_before_anything_is_stored(services, image_
         run_csv(services, csv_bytes, format="webp", max_width=20_000, progress=False)
     assert caught.value.field == "max_width"
     assert services.store.list_requests() == ([], 0)
+
+
+def test_a_request_where_every_image_failed_ends_failed_with_the_common_reason(
+    services, image_server, webhook_receiver
+):
+    gone = [image_server.url(f"/gone/{i}.jpg") for i in range(3)]
+    text = image_server.add("/text.jpg", b"Not Found", content_type="text/plain")
+    csv_bytes = (
+        "\ufeffS. No.,Product Name,Input Image Urls\n"  # saved by Excel: with a BOM
+        f'1,Café,"{gone[0]},{gone[1]}"\n2,Mug,"{gone[2]},{text}"\n'
+    ).encode()
+    record = run_csv(services, csv_bytes, progress=False)
+    assert record.status is RequestStatus.FAILED
+    assert record.error.startswith("all 4 images failed; the most common reason (3 of 4): ")
+    assert "HTTP 404" in record.error
+    # Still an output CSV (every slot empty), with the input's BOM mirrored.
+    output = b"".join(csv_chunks(services, record))
+    assert services.storage.get(record.output_key) == output
+    assert output.startswith(b"\xef\xbb\xbfS. No.,") and "Café".encode() in output
+    event = webhook_receiver.wait_for(1)[0]["body"]
+    assert (event["status"], event["error"]) == ("failed", record.error)

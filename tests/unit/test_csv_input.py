@@ -34,7 +34,7 @@ def csv_error(data: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> CsvError:
 def test_single_url() -> None:
     products = parse_products(csv_bytes("1,SKU1,https://img.example/a.jpg"))
     assert products == [
-        Product(row=0, serial="1", name="SKU1", urls=("https://img.example/a.jpg",))
+        Product(row=0, serial="1", name="SKU1", urls=("https://img.example/a.jpg",), line=2)
     ]
 
 
@@ -92,7 +92,7 @@ def test_columns_in_another_order_and_padded_header() -> None:
     data = csv_bytes(
         "http://a.example/1,Shoe,1", header=" Input Image Urls , Product Name,S. No.\n"
     )
-    assert parse_products(data) == [Product(0, "1", "Shoe", ("http://a.example/1",))]
+    assert parse_products(data) == [Product(0, "1", "Shoe", ("http://a.example/1",), line=2)]
 
 
 def test_line_breaks_in_a_product_name_become_spaces() -> None:
@@ -152,6 +152,45 @@ def test_binary_files_are_named(data: bytes, kind: str) -> None:
     assert "not a text CSV file" in message and kind in message
 
 
+def office_file(*parts: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for part in parts:
+            archive.writestr(part, "<xml/>")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "advice"),
+    [
+        (
+            office_file("[Content_Types].xml", "_rels/.rels", "xl/workbook.xml"),
+            "it looks like an Excel workbook (XLSX)",
+            "save it as CSV",
+        ),
+        (
+            b"PK\x03\x04" + bytes(26) + b"mimetypeapplication/vnd.oasis.opendocument.spreadsheet",
+            "it looks like an OpenDocument spreadsheet (ODS)",
+            "save it as CSV",
+        ),
+        (
+            b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(100),
+            "an old-style Excel workbook (XLS)",
+            "save it as CSV",
+        ),
+        (png_bytes(), "a PNG image", "upload the CSV that lists the image URLs"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "a WebP image", "not an image"),
+        (zip_bytes(), "a ZIP archive", "upload a comma-separated .csv file"),
+    ],
+)
+def test_binary_files_say_what_they_look_like_and_what_to_do(
+    data: bytes, kind: str, advice: str
+) -> None:
+    error = csv_error(data)
+    assert error.message.startswith("this is not a text CSV file")
+    assert kind in error.message and advice in error.message
+
+
 def test_nul_bytes_are_not_text() -> None:
     assert "not a text CSV file" in csv_error(csv_bytes("1,A\x00B,http://a/1")).message
 
@@ -187,8 +226,9 @@ def test_too_many_urls_in_total() -> None:
     [
         ("Product Name,Input Image Urls\n", "missing column 'S. No.'"),
         ("S. No.,Product Name,Input Image Urls,Price\n", "unknown column 'Price'"),
-        ("S.No.,Product Name,Input Image Urls\n", "(did you mean 'S. No.'?)"),
-        ("S. No.,Product Name,Input Image URLs\n", "(did you mean 'Input Image Urls'?)"),
+        ("S. No.,Product Nmae,Input Image Urls\n", "(did you mean 'Product Name'?)"),
+        ("S. No.,Product Name,Input Image Url\n", "(did you mean 'Input Image Urls'?)"),
+        ("Serial,Product Name,Input Image Urls\n", "unknown column 'Serial'; expected"),
         ("S. No.,Product Name,Input Image Urls,\n", "header cell 4 is empty"),
         ("S. No.,Product Name,Input Image Urls,S. No.\n", "'S. No.' appears twice"),
     ],
@@ -198,6 +238,49 @@ def test_bad_headers(header: str, expected: str) -> None:
     assert expected in error.message
     assert error.row == 1
     assert "'S. No.', 'Product Name', 'Input Image Urls'" in error.message or "twice" in expected
+
+
+@pytest.mark.parametrize(
+    ("header", "row"),
+    [
+        ("s. no.,product name,input image urls\n", "7,Shoe,http://a/1"),
+        ("S. NO.,PRODUCT NAME,INPUT IMAGE URLS\n", "7,Shoe,http://a/1"),
+        ("S. No.,Product  Name, Input Image URLs \n", "7,Shoe,http://a/1"),
+        ("S.No.,Product Name,Input Image Urls\n", "7,Shoe,http://a/1"),
+        ("SNo,product_name,Input-Image-URLs\n", "7,Shoe,http://a/1"),
+        ("S.\u00a0No.,Product\tName,Input Image Urls\n", "7,Shoe,http://a/1"),  # NBSP, tab
+        ("S. N\u00ba,Product Name,Input Image Urls\n", "7,Shoe,http://a/1"),  # numero sign
+        ("Input Image URLs,product name,s.no.\n", "http://a/1,Shoe,7"),
+    ],
+)
+def test_header_spelled_differently_is_accepted_when_unambiguous(header: str, row: str) -> None:
+    (product,) = parse_products(csv_bytes(row, header=header))
+    assert (product.serial, product.name, product.urls) == ("7", "Shoe", ("http://a/1",))
+
+
+@pytest.mark.parametrize(
+    ("header", "column", "cells"),
+    [
+        (
+            "S. No.,Product Name,Input Image Urls,product name\n",
+            "Product Name",
+            "'Product Name' (cell 2) and 'product name' (cell 4)",
+        ),
+        ("S. No.,S.No,Product Name,Input Image Urls\n", "S. No.", "'S. No.' (cell 1) and 'S.No'"),
+        (
+            "S No,Product Name,Input Image URLs,input_image_urls\n",
+            "Input Image Urls",
+            "'Input Image URLs' (cell 3) and 'input_image_urls' (cell 4)",
+        ),
+    ],
+)
+def test_two_cells_that_could_name_one_column_are_refused_naming_both(
+    header: str, column: str, cells: str
+) -> None:
+    error = csv_error(csv_bytes("1,A,http://a/1,x", header=header))
+    assert (error.row, error.column) == (1, column)
+    assert f"2 columns that could be {column!r}: {cells}" in error.message
+    assert "keep one of them" in error.message
 
 
 def test_missing_header_row() -> None:
@@ -404,7 +487,8 @@ def test_valid_rows_round_trip(rows: list[tuple[str, str, list[str]]], separator
     writer.writerows((serial, name, separator.join(urls)) for serial, name, urls in rows)
     products = parse_products(buffer.getvalue().encode())
     assert products == [
-        Product(row, serial, name, tuple(urls)) for row, (serial, name, urls) in enumerate(rows)
+        Product(row, serial, name, tuple(urls), line=row + 2)
+        for row, (serial, name, urls) in enumerate(rows)
     ]
 
 
@@ -419,3 +503,15 @@ def test_urls_with_impossible_ports_are_refused(port):
     data = f"S. No.,Product Name,Input Image Urls\n1,Lamp,http://img.example.com:{port}/a.jpg\n"
     with pytest.raises(CsvError):
         parse_products(data.encode())
+
+
+def test_each_product_knows_the_line_it_starts_on() -> None:
+    # Blank lines and a quoted line break make a product's line differ from its row:
+    # people name it by the line their editor shows.
+    data = (
+        b"S. No.,Product Name,Input Image Urls\n"
+        b"\n"
+        b'1,"Shoe\nleft",http://a.example/1\n'
+        b"2,Sock,http://a.example/2\n"
+    )
+    assert [(p.row, p.line) for p in parse_products(data)] == [(0, 3), (1, 5)]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 
-from pipeline.csv_output import OUTPUT_COLUMNS, output_csv_rows, render_csv
+from pipeline.csv_output import BOM, OUTPUT_COLUMNS, output_csv_rows, render_csv
+from pipeline.keys import input_csv_key
 from pipeline.models import ImageRecord, ImageStatus
+from pipeline.outputs import input_has_bom
+from pipeline.storage import storage_config, storage_for
 
 
 def image(
@@ -136,3 +139,24 @@ def test_render_csv_streams_lazily() -> None:
 def test_exact_multiple_of_chunk_size_has_no_empty_chunk() -> None:
     assert list(render_csv([["a"], ["b"]], rows_per_chunk=1)) == [b"a\r\n", b"b\r\n"]
     assert list(render_csv([])) == []
+
+
+def test_a_bom_starts_the_first_chunk_once() -> None:
+    rows = [list(OUTPUT_COLUMNS)] + [["1", f"Café {i}", "u", "o"] for i in range(5)]
+    chunks = list(render_csv(rows, rows_per_chunk=2, bom=True))
+    assert chunks[0].startswith(BOM + b"S. No.,") and all(BOM not in c for c in chunks[1:])
+    assert b"".join(chunks) == BOM + b"".join(render_csv(rows, rows_per_chunk=2))
+    # Read as Excel does: the BOM says UTF-8.
+    assert "Café 4" in b"".join(chunks).decode("utf-8-sig")
+
+
+def test_the_output_mirrors_the_inputs_bom(tmp_path) -> None:
+    storage = storage_for(storage_config(f"file://{tmp_path}", ""))
+    for rid, data, expected in (
+        ("a" * 32, BOM + b"S. No.,Product Name,Input Image Urls\r\n", True),
+        ("b" * 32, b"S. No.,Product Name,Input Image Urls\r\n", False),
+        ("c" * 32, None, False),  # the input is gone: no mark, no error
+    ):
+        if data is not None:
+            storage.put(input_csv_key(rid), data)
+        assert input_has_bom(storage, rid) is expected

@@ -20,7 +20,10 @@ SCHEDULE = (5.0, 30.0, 120.0)
     [
         (Counters(10, 0), False, RequestStatus.COMPLETED),
         (Counters(10, 1), False, RequestStatus.COMPLETED_WITH_ERRORS),
-        (Counters(10, 10), False, RequestStatus.COMPLETED_WITH_ERRORS),
+        (Counters(10, 9), False, RequestStatus.COMPLETED_WITH_ERRORS),
+        # Not one image came out: failed, not "completed with errors".
+        (Counters(10, 10), False, RequestStatus.FAILED),
+        (Counters(3, 3, cancelled_images=7), True, RequestStatus.CANCELLED),
         (Counters(3, 0, cancelled_images=7), True, RequestStatus.CANCELLED),
         (Counters(10, 0), True, RequestStatus.CANCELLED),  # cancelled as the last batch ended
     ],

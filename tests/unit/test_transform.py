@@ -236,6 +236,63 @@ def test_not_an_image_reason_says_what_it_looks_like():
         compress(images.png_rgba()[:20])
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"Not Found", 'not a supported image (looks like text: "Not Found")'),
+        (b"Not Found\r\n", 'not a supported image (looks like text: "Not Found")'),
+        (
+            b'{"error": "not found", "code": 404, "request": "a/b/c.jpg"}',
+            'looks like text: "{\\"error\\": \\"not found\\", \\"code\\": 404, \\"req…"',
+        ),
+        (
+            b"S. No.,Product Name,Input Image Urls\n1,Shoe,https://a.example/1.jpg\n",
+            'looks like text: "S. No.,Product Name,Input Image Urls 1,S…"',
+        ),
+        ("Accès refusé\n".encode(), 'looks like text: "Accès refusé"'),
+        (b"\xef\xbb\xbfForbidden", 'looks like text: "Forbidden"'),  # a UTF-8 BOM first
+        (b"Not Found" * 100, 'looks like text: "Not FoundNot FoundNot FoundNot FoundNot…"'),
+    ],
+)
+def test_a_text_body_is_described_as_text(body, reason):
+    with pytest.raises(ImageRejected) as caught:
+        compress(body)
+    assert reason in caught.value.reason
+
+
+def test_a_long_text_body_cut_inside_a_character_is_still_text():
+    body = "é".encode() * 300  # the 512th byte is the middle of an "é"
+    with pytest.raises(ImageRejected, match=r'looks like text: "é{40}…"'):
+        compress(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Not\x00Found",  # a NUL: binary
+        b"Not Found\x1b[31m",  # a terminal escape
+        b"Not \xe2\x80\xaeFound",  # U+202E, which turns text right to left
+        b"Not \xff\xfe Found",  # not UTF-8
+        bytes(range(256)),
+    ],
+)
+def test_bytes_that_are_not_plain_text_are_shown_in_hex(body):
+    with pytest.raises(ImageRejected) as caught:
+        compress(body)
+    assert "looks like text" not in caught.value.reason
+    assert f"starts with {body[:8].hex(' ')}" in caught.value.reason
+
+
+def test_markup_keeps_its_own_description():
+    for body, phrase in [
+        (b"<!DOCTYPE html><html><body>Not Found</body></html>", "looks like an HTML page"),
+        (b'<?xml version="1.0"?><Error><Code>NoSuchKey</Code></Error>', "looks like XML or SVG"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "looks like XML or SVG"),
+    ]:
+        with pytest.raises(ImageRejected, match=phrase):
+            compress(body)
+
+
 # --- parameters and purity ----------------------------------------------------------
 
 
