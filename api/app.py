@@ -18,9 +18,10 @@ from api import docs, errors, openapi
 from api.access_log import AccessLog
 from api.auth import ApiKeys, RequireApiKey
 from api.images import FailuresCsv, RequestImages
-from api.limits import RateLimit, TokenBuckets
+from api.limits import rate_limits
 from api.requests import Cancellation, Request, Requests
 from api.resources import Health, Html, Media, OpenApi, OutputCsv, RequestStatusResource
+from api.thumbnails import THUMBNAIL_ROUTE, Thumbnails
 from api.uploads import MAX_WEBHOOK_URL_CHARS, Uploads
 from pipeline.clock import Clock, utc_now
 from pipeline.intake import new_request_id
@@ -60,11 +61,8 @@ def create_app(
     middleware: list[object] = []
     if settings.access_log:  # first: it times, and logs, every answer the others give too
         middleware.append(AccessLog(monotonic))
-    if settings.rate_limit_per_minute:
-        buckets = TokenBuckets(
-            settings.rate_limit_per_minute, settings.rate_limit_burst, clock=monotonic
-        )
-        middleware.append(RateLimit(buckets, keys.client_id, open_paths=UNLIMITED_PATHS))
+    # The API's bucket and the images' own (each off when its per-minute setting is 0).
+    middleware += rate_limits(settings, keys.client_id, clock=monotonic, open_paths=UNLIMITED_PATHS)
     middleware.append(RequireApiKey(keys, open_paths=PUBLIC_PATHS))
 
     app = falcon.App(middleware=middleware)
@@ -98,6 +96,7 @@ def create_app(
         RequestImages(store, storage, base_url=base_url, keys=keys),
     )
     app.add_route("/api/v1/requests/{request_id}/failures.csv", FailuresCsv(store, keys=keys))
+    app.add_route(THUMBNAIL_ROUTE, Thumbnails(store, storage, keys=keys))
     app.add_route(
         "/api/v1/requests/{request_id}/cancel",
         Cancellation(

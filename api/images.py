@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -12,14 +10,13 @@ import falcon
 
 from api.auth import ApiKeys
 from api.resources import MAX_PER_PAGE, image_body, readable_request
-from pipeline.csv_output import neutralise
+from pipeline.csv_output import failure_rows, render_csv
 from pipeline.links import Links
 from pipeline.models import ImageRecord, ImageStatus, RequestRecord
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
 
 DEFAULT_PER_PAGE = 100
-FAILURE_COLUMNS = ("Line", "S. No.", "Product Name", "Input Image Url", "Reason")
 ROWS_PER_CHUNK = 1000
 
 
@@ -80,19 +77,8 @@ class FailuresCsv:
 
 
 def failures_csv(images: Iterable[ImageRecord]) -> Iterator[bytes]:
-    """The failures CSV in chunks: a spreadsheet opens it; cells are neutralised
-    like the output CSV's (a reason or URL could start a formula)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(FAILURE_COLUMNS)
-    for count_, image in enumerate(images, 1):
-        cells = (image.serial, image.product_name, image.input_url, image.error or "")
-        writer.writerow([image.file_line, *(neutralise(c) for c in cells)])
-        if count_ % ROWS_PER_CHUNK == 0:
-            yield buffer.getvalue().encode("utf-8")
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode("utf-8")
+    """The failures CSV in chunks (pipeline.csv_output builds its rows)."""
+    return render_csv(failure_rows(images), ROWS_PER_CHUNK)
 
 
 def count(record: RequestRecord, status: ImageStatus | None) -> int:

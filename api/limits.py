@@ -9,11 +9,17 @@ A bucket that has had time to refill completely is the same as no bucket, so
 idle clients are dropped (memory follows the clients of the last
 `burst / rate` seconds), and `max_clients` caps it outright. The limit is per
 process: with several API processes each enforces its own.
+
+Images (output images under /media/ and thumbnails) have their own, larger
+bucket per client (MEDIA_RATE_LIMIT_*): a page showing a thousand thumbnails
+must not spend the tokens its status polls need, nor be refused itself, while
+the JSON API keeps its limit. `rate_limits` builds both from the settings.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +29,20 @@ from typing import NamedTuple
 import falcon
 
 from api.errors import RateLimited
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+
+# Output images served by the API (local storage) and their thumbnails (api/thumbnails.py).
+_IMAGE_PATH = re.compile(r"/media/.+|/api/v1/requests/[^/]+/thumbnails/[^/]+")
+
+
+def is_image_path(path: str) -> bool:
+    """Whether `path` is an image: counted in the images' bucket, not the API's."""
+    return _IMAGE_PATH.fullmatch(path) is not None
+
+
+def is_api_path(path: str) -> bool:
+    return not is_image_path(path)
 
 
 class Decision(NamedTuple):
@@ -88,7 +108,7 @@ class TokenBuckets:
 
 
 class RateLimit:
-    """Middleware: one token per request, except to the open paths."""
+    """Middleware: one token per request to the paths it covers, except the open paths."""
 
     def __init__(
         self,
@@ -96,15 +116,17 @@ class RateLimit:
         client_of: Callable[[falcon.Request], str],
         *,
         open_paths: frozenset[str],
+        covers: Callable[[str], bool] = lambda path: True,
     ):
         self.buckets = buckets
         self.client_of = client_of
         self.open_paths = open_paths
+        self.covers = covers  # the paths this bucket counts (another limit may count the rest)
         self._limit = str(buckets.burst)
         self._policy = f"{buckets.burst};w={math.ceil(buckets.refill_seconds)}"
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.path in self.open_paths:
+        if req.path in self.open_paths or not self.covers(req.path):
             return
         decision = self.buckets.take(self.client_of(req))
         # The IETF draft's RateLimit fields, so clients can pace themselves.
@@ -114,3 +136,33 @@ class RateLimit:
         resp.set_header("RateLimit-Policy", self._policy)
         if not decision.allowed:
             raise RateLimited(decision.retry_after, self.buckets.policy)
+
+
+def rate_limits(
+    settings: Settings,
+    client_of: Callable[[falcon.Request], str],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    open_paths: frozenset[str],
+) -> list[RateLimit]:
+    """The middleware limiting each client: one bucket for the API, one for images.
+
+    Each is off when its per-minute setting is 0 (RATE_LIMIT_PER_MINUTE,
+    MEDIA_RATE_LIMIT_PER_MINUTE), independently of the other.
+    """
+    if settings.media_rate_limit_per_minute < 0:
+        raise ConfigError("MEDIA_RATE_LIMIT_PER_MINUTE must be 0 (no limit) or more")
+    if settings.media_rate_limit_per_minute and settings.media_rate_limit_burst < 1:
+        raise ConfigError(
+            "MEDIA_RATE_LIMIT_BURST must be at least 1 (set MEDIA_RATE_LIMIT_PER_MINUTE=0 "
+            "to turn the images' limit off)"
+        )
+    limits = []
+    for per_minute, burst, covers in (
+        (settings.rate_limit_per_minute, settings.rate_limit_burst, is_api_path),
+        (settings.media_rate_limit_per_minute, settings.media_rate_limit_burst, is_image_path),
+    ):
+        if per_minute:
+            buckets = TokenBuckets(per_minute, burst, clock=clock)
+            limits.append(RateLimit(buckets, client_of, open_paths=open_paths, covers=covers))
+    return limits

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from api.images import DEFAULT_PER_PAGE as DEFAULT_IMAGES_PER_PAGE
-from api.images import FAILURE_COLUMNS
 from api.requests import DEFAULT_LIST_PER_PAGE, MAX_LIST_PAGE, MAX_LIST_PER_PAGE
 from api.resources import DEFAULT_PER_PAGE as DEFAULT_PRODUCTS_PER_PAGE
 from api.resources import MAX_PER_PAGE
+from pipeline.csv_output import FAILURE_COLUMNS
 from pipeline.links import Links
 from pipeline.models import ImageStatus, RequestStatus
 from pipeline.options import (
@@ -1325,6 +1325,47 @@ def _images(ex: _Examples) -> dict[str, Any]:
     }
 
 
+def _thumbnail(ex: _Examples) -> dict[str, Any]:
+    return {
+        "summary": "A small JPEG of an output image, for pages",
+        "description": "The output image fitted inside 160x160 (never enlarged), JPEG "
+        "quality 70, made on first request and cached with the request (deleting the request "
+        "deletes it). Counted in the images' rate limit (MEDIA_RATE_LIMIT_*), not the API's. "
+        "404 when the image has no output (pending, failed, cancelled) or its output would "
+        "decode to more than 16 million pixels (the output_url still serves it).",
+        "tags": ["outputs"],
+        "parameters": [
+            REQUEST_ID,
+            {
+                "name": "image",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": r"^[1-9][0-9]*-[1-9][0-9]*\.jpg$"},
+                "description": "<row>-<position>.jpg, both numbered from 1 (a product's "
+                "`row`, an image's `position`), e.g. 1-1.jpg",
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "The thumbnail (with an ETag; Cache-Control private when "
+                "API keys are on, public otherwise)",
+                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "304": {"description": "Unchanged (If-None-Match matched its ETag)"},
+            **_errors(
+                ex,
+                "401",
+                "404",
+                "429",
+                "503",
+                meanings={
+                    "404": "No such request or image, no output yet, or too large for a thumbnail"
+                },
+            ),
+        },
+    }
+
+
 def _failures_csv(ex: _Examples) -> dict[str, Any]:
     return {
         "summary": "A request's failed images as CSV, for a spreadsheet",
@@ -1606,6 +1647,9 @@ def document(base_url: str = "", defaults: OptionDefaults | None = None) -> dict
             },
             "/api/v1/requests/{request_id}/failures.csv": {
                 "get": {**_failures_csv(ex), "operationId": "failuresCsv"}
+            },
+            "/api/v1/requests/{request_id}/thumbnails/{image}": {
+                "get": {**_thumbnail(ex), "operationId": "thumbnail"}
             },
             "/api/v1/output/{request_id}.csv": {
                 "get": {**_output_csv(ex), "operationId": "outputCsv"}

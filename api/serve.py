@@ -80,6 +80,13 @@ def protection_summary(settings: Settings) -> str:
         )
     else:
         limit = "no rate limit (set RATE_LIMIT_PER_MINUTE to add one)"
+    if settings.media_rate_limit_per_minute:
+        limit += (
+            f"; images {settings.media_rate_limit_per_minute}/min, bursts of "
+            f"{settings.media_rate_limit_burst} (MEDIA_RATE_LIMIT_PER_MINUTE, _BURST)"
+        )
+    else:
+        limit += "; images not rate limited"
     count = len(settings.api_key_list)
     keys = f"{count} API key(s) required" if count else "open, no API keys (set API_KEYS)"
     return f"{limit}; {keys}; uploads up to {settings.max_upload_bytes:,} bytes"

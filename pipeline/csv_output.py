@@ -46,6 +46,18 @@ def output_csv_rows(
         yield [neutralise(cell) for cell in (first.serial, first.product_name, inputs, outputs)]
 
 
+FAILURE_COLUMNS = ("Line", "S. No.", "Product Name", "Input Image Url", "Reason")
+
+
+def failure_rows(images: Iterable[ImageRecord]) -> Iterator[list[str]]:
+    """The failures CSV: its header, then each failed image with its product's line
+    in the uploaded file and its reason (cells neutralised as the output CSV's)."""
+    yield list(FAILURE_COLUMNS)
+    for image in images:
+        cells = (image.serial, image.product_name, image.input_url, image.error or "")
+        yield [str(image.file_line), *(neutralise(cell) for cell in cells)]
+
+
 def render_csv(
     rows: Iterable[list[str]], rows_per_chunk: int = 1000, *, bom: bool = False
 ) -> Iterator[bytes]:

@@ -43,3 +43,8 @@ def cancel_marker_key(request_id: str) -> str:
 def output_key(request_id: str, row: int, position: int, extension: str = "jpg") -> str:
     """Deterministic: a task that runs twice writes the same object."""
     return f"{request_prefix(request_id)}images/{row:07d}-{position:03d}.{extension}"
+
+
+def thumbnail_key(request_id: str, row: int, position: int) -> str:
+    """Where an image's thumbnail is cached (made by the API on first request)."""
+    return f"{request_prefix(request_id)}thumbs/{row:07d}-{position:03d}.jpg"

@@ -83,7 +83,7 @@ class OptionDefaults:
 
     format: str = "jpeg"
     jpeg_quality: int = 50
-    webp_quality: int = 53
+    webp_quality: int = 56
     avif_quality: int = 50
     max_width: int | None = None
     max_height: int | None = None

@@ -23,7 +23,7 @@ from schemathesis.checks import (
 
 from api import openapi
 from api.app import create_app
-from api.images import FAILURE_COLUMNS
+from pipeline.csv_output import FAILURE_COLUMNS
 from pipeline.models import (
     ImageItem,
     ImageResult,

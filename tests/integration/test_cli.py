@@ -1,21 +1,32 @@
-"""`python -m pipeline run` as a script would use it: exit codes and the output CSV."""
+"""`python -m pipeline run` as a script would use it: exit codes, the output CSV,
+--output-dir's folder, and products named by the line of the file."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
+from PIL import Image
 
 from pipeline import cli
+from pipeline.batch import describe_outputs
 from pipeline.models import FINAL_STATUSES
 from pipeline.records import SqliteRecordStore
+from pipeline.service import open_storage
 from pipeline.settings import Settings
 from tests import imagefactory as images
 from tests.integration.service import ROOT
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +42,11 @@ def cli_env(tmp_path, **extra: str) -> dict[str, str]:
     }
 
 
-def run_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def run_cli(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "run", *args],
         cwd=ROOT,
-        env=cli_env(tmp_path),
+        env=cli_env(tmp_path, **env),
         capture_output=True,
         text=True,
         timeout=180,
@@ -49,12 +60,231 @@ def test_run_writes_output_csv_and_exit_code_says_some_failed(tmp_path, image_se
     source.write_text(f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{good},{missing}"\n')
     result = run_cli(tmp_path, str(source), "--no-progress", "-o", str(tmp_path / "out.csv"))
     assert result.returncode == 1, result.stderr
-    assert "completed_with_errors: 1/2 images done, 1 failed" in result.stdout
-    assert f"failed: line 1 {missing}: download failed: HTTP 404" in result.stderr
+    summary, *told = result.stdout.splitlines()
+    assert summary.startswith("completed_with_errors: 1/2 images done, 1 failed; output CSV ")
+    assert f"failed: line 2 {missing}: download failed: HTTP 404" in result.stderr
     rows = list(csv.reader((tmp_path / "out.csv").open()))
     assert rows[0][-1] == "Output Image Urls"
     first, second = rows[1][3].split(",")
     assert first.endswith("/images/0000000-000.jpg") and second == ""
+    failures = list(csv.reader((tmp_path / "out.failures.csv").open()))
+    assert failures == [
+        ["Line", "S. No.", "Product Name", "Input Image Url", "Reason"],
+        ["2", "1", "Lamp", missing, failures[1][4]],
+    ]
+    assert failures[1][4].startswith("download failed: HTTP 404")
+    # Where the outputs are: the links point at the API's /media, so it must run.
+    request_id = re.search(r"/requests/([0-9a-f]{32})/images/", first)[1]
+    objects = (tmp_path / "data" / "objects").resolve()
+    assert f"failures: {tmp_path / 'out.failures.csv'}" in told
+    assert f"images: stored in {objects}/requests/{request_id}/images/" in told
+    links = next(line for line in told if line.startswith("links: "))
+    assert f"http://localhost:5000/media/requests/{request_id}/images/" in links
+    assert "served by the API (`make run`) while it runs" in links
+    assert any("--output-dir" in line for line in told)
+
+
+def test_every_image_failed_exits_3_with_the_common_reason(tmp_path, image_server):
+    gone = [image_server.url(f"/gone{n}.jpg") for n in range(2)]
+    source = tmp_path / "products.csv"
+    source.write_text(f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{gone[0]},{gone[1]}"\n')
+    result = run_cli(tmp_path, str(source), "--no-progress")
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    summary, *told = result.stdout.splitlines()
+    assert summary.startswith("failed: 0/2 images done, 2 failed; ")
+    assert any(
+        line.startswith("error: all 2 images failed; the most common reason") for line in told
+    )
+    assert not any(line.startswith("links: ") for line in told)  # nothing to link to
+    assert (tmp_path / "products.output.failures.csv").is_file()
+
+
+def csv_naming_lines(image_server) -> tuple[str, dict[str, str]]:
+    """A CSV whose products' lines are not their rows + 2: a blank line, and a name
+    quoted over two lines. One URL repeats; two are missing."""
+    urls = {
+        "a": image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg"),
+        "b": image_server.add("/b.png", images.png_rgba(), content_type="image/png"),
+        "gone1": image_server.url("/gone1.jpg"),
+        "gone2": image_server.url("/gone2.jpg"),
+    }
+    text = (
+        "S. No.,Product Name,Input Image Urls\n"  # line 1
+        f"1,Lamp,{urls['a']}\n"  # line 2
+        "\n"  # line 3
+        f'2,"Vase\ntall","{urls["b"]},{urls["gone1"]}"\n'  # lines 4-5
+        f'3,Chair,"{urls["a"]},{urls["gone2"]}"\n'  # line 6
+    )
+    return text, urls
+
+
+def assert_exported(directory: Path, urls: dict[str, str], extension: str) -> None:
+    """DIR/output.csv links to DIR/images/ by relative paths, each an image that opens."""
+    rows = list(csv.DictReader((directory / "output.csv").open(encoding="utf-8")))
+    assert [r["Product Name"] for r in rows] == ["Lamp", "Vase tall", "Chair"]
+    links = [r["Output Image Urls"].split(",") for r in rows]
+    first, second = f"images/0000000-000.{extension}", f"images/0000001-000.{extension}"
+    assert links == [[first], [second, ""], [first, ""]]  # the repeated URL shares its file
+    files = sorted(p.name for p in (directory / "images").iterdir())
+    assert files == [Path(first).name, Path(second).name]
+    for link in (first, second):
+        with Image.open(directory / link) as im:
+            im.load()
+            assert im.format == {"webp": "WEBP", "jpg": "JPEG"}[extension]
+    failures = list(csv.DictReader((directory / "failures.csv").open(encoding="utf-8")))
+    assert [(f["Line"], f["Product Name"], f["Input Image Url"]) for f in failures] == [
+        ("4", "Vase tall", urls["gone1"]),
+        ("6", "Chair", urls["gone2"]),
+    ]
+
+
+def test_output_dir_holds_the_images_and_a_csv_linking_to_them(tmp_path, image_server):
+    text, urls = csv_naming_lines(image_server)
+    source = tmp_path / "products.csv"
+    source.write_text(text)
+    out = tmp_path / "run" / "outputs"
+    result = run_cli(
+        tmp_path, str(source), "--no-progress", "--format", "webp", "--output-dir", str(out)
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith(
+        f"completed_with_errors: 3/5 images done, 2 failed; outputs in {out}: output.csv and "
+        "2 images under images/"
+    ), result.stdout
+    # Products are named by the line of the file, as the API names them.
+    assert f"failed: line 4 {urls['gone1']}: download failed: HTTP 404" in result.stderr
+    assert f"failed: line 6 {urls['gone2']}: download failed: HTTP 404" in result.stderr
+    assert not (tmp_path / "products.output.csv").exists()
+    # The folder stands alone: moved elsewhere, its links still resolve.
+    moved = shutil.move(out, tmp_path / "moved")
+    assert_exported(Path(moved), urls, "webp")
+
+
+def test_output_paths_are_checked_before_anything_runs(tmp_path):
+    source = tmp_path / "products.csv"
+    source.write_text("S. No.,Product Name,Input Image Urls\n1,Lamp,https://x.example/a.jpg\n")
+    result = run_cli(tmp_path, str(source), "-o", "x.csv", "--output-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
+    (tmp_path / "file").write_text("")
+    result = run_cli(tmp_path, str(source), "--output-dir", str(tmp_path / "file" / "d"))
+    assert result.returncode == 2
+    assert "invalid option --output-dir" in result.stderr
+    result = run_cli(tmp_path, str(source), "-o", str(tmp_path / "nowhere" / "out.csv"))
+    assert result.returncode == 2
+    assert "invalid option --output: no such folder" in result.stderr
+
+
+def test_many_failures_are_counted_by_reason_and_listed_in_a_csv(tmp_path, image_server):
+    good = image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg")
+    junk = [
+        image_server.add(f"/junk{n}.jpg", images.not_an_image(), content_type="image/jpeg")
+        for n in range(3)
+    ]
+    gone = [image_server.url(f"/gone{n}.jpg") for n in range(cli.MAX_LISTED_FAILURES)]
+    source = tmp_path / "products.csv"
+    source.write_text(
+        "S. No.,Product Name,Input Image Urls\n"
+        f"0,Lamp,{good}\n\n"  # a blank line: from here on, line = row + 3
+        + "".join(f"{n},Item {n},{url}\n" for n, url in enumerate(gone + junk, 1))
+    )
+    result = run_cli(tmp_path, str(source), "--no-progress", "-o", str(tmp_path / "out.csv"))
+    assert result.returncode == 1, result.stderr
+    total = len(gone) + len(junk)
+    assert result.stdout.startswith(f"completed_with_errors: 1/{total + 1} images done")
+    assert "failed: line" not in result.stderr  # counted, not listed
+    assert f"{total} images failed; the most common reasons:" in result.stderr
+    counted = re.findall(r"^ +(\d+)  (.+)$", result.stderr, re.MULTILINE)
+    assert counted[0] == (str(len(gone)), "download failed: HTTP 404")
+    assert counted[1][0] == str(len(junk)) and "not a supported image" in counted[1][1]
+    failures_csv = tmp_path / "out.failures.csv"
+    assert f"every failure with its line and reason: {failures_csv}" in result.stderr
+    failures = list(csv.DictReader(failures_csv.open(encoding="utf-8")))
+    assert len(failures) == total
+    assert [(f["Line"], f["Product Name"]) for f in failures[:2]] == [
+        ("4", "Item 1"),
+        ("5", "Item 2"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def test_output_dir_reads_the_images_from_s3(tmp_path, image_server, s3_endpoint, monkeypatch):
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="cli-export")
+    text, urls = csv_naming_lines(image_server)
+    source = tmp_path / "products.csv"
+    source.write_text(text)
+    out = tmp_path / "outputs"
+    s3 = {"STORAGE_URL": "s3://cli-export/objects", "S3_ENDPOINT_URL": s3_endpoint}
+    result = run_cli(tmp_path, str(source), "--no-progress", "--output-dir", str(out), **s3)
+    assert result.returncode == 1, result.stderr
+    assert not (tmp_path / "data" / "objects").exists()  # nothing stored locally
+    assert_exported(out, urls, "jpg")
+
+
+@pytest.mark.parametrize(
+    ("environ", "where", "links"),
+    [
+        (
+            {},
+            "images: stored in {data}/objects/{folder}/",
+            "links: http://localhost:5000/media/{folder}/… are served by the API (`make run`)"
+            " while it runs with the same DATA_DIR or STORAGE_URL",
+        ),
+        (
+            {"API_KEYS": "a-key-of-16-chars-or-more", "API_BASE_URL": "https://images.example"},
+            "images: stored in {data}/objects/{folder}/",
+            "links: https://images.example/media/{folder}/… point at the API's /media, which"
+            " does not serve them while API_KEYS is set (a batch run belongs to no key)",
+        ),
+        (
+            {"PUBLIC_BASE_URL": "https://cdn.example/img"},
+            "images: stored in {data}/objects/{folder}/",
+            "links: https://cdn.example/img/{folder}/… (PUBLIC_BASE_URL): they open where that"
+            " address serves the stored images",
+        ),
+        (
+            {"STORAGE_URL": "s3://shop-images/out"},
+            "images: stored at s3://shop-images/out/{folder}/",
+            "links: https://shop-images.s3.amazonaws.com/out/{folder}/…, the bucket's own URLs:"
+            ' they open when the bucket lets anyone read output images (README "Output URLs on'
+            ' S3")',
+        ),
+        (
+            {"STORAGE_URL": "s3://shop-images/out", "OUTPUT_URL_MODE": "presigned"},
+            "images: stored at s3://shop-images/out/{folder}/",
+            "links: presigned URLs of the bucket, valid until ",
+        ),
+    ],
+)
+def test_where_the_outputs_are_says_what_serves_the_links(
+    tmp_path, monkeypatch, environ, where, links
+):
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)  # presigning needs some; no request is sent
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), **environ})
+    storage, _ = open_storage(settings)
+    request_id = "0" * 32
+    said = describe_outputs(SimpleNamespace(settings=settings, storage=storage), request_id)
+    fill = {"data": tmp_path.resolve(), "folder": f"requests/{request_id}/images"}
+    assert said[0] == where.format(**fill)
+    assert said[1].startswith(links.format(**fill)), said[1]
 
 
 def test_all_good_exits_zero_with_default_output_path(tmp_path, image_server):

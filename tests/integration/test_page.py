@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from selenium import webdriver
@@ -19,6 +21,7 @@ from tests.integration.service import Service
 pytestmark = pytest.mark.integration
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FINAL_TEXTS = ("completed", "completed with errors", "failed", "cancelled")  # as the page shows
+DASH = "\N{EN DASH}"  # in the page's ranges: "products 1-50 of 100" with an en dash
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,8 @@ def browser():
         pytest.skip(message)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # Every response the browser gets (statuses included), for `statuses_seen`.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     profile = tempfile.mkdtemp(prefix="chromium-")
     for flag in (
         "--headless=new",
@@ -68,6 +73,24 @@ def choose_file_and_submit(browser, csv_path) -> WebDriverWait:
     return WebDriverWait(browser, 120, poll_frequency=0.2)
 
 
+def decoded(browser, img) -> bool:
+    """The browser has the image and decoded it (a broken one has no natural width)."""
+    return browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", img
+    )
+
+
+def statuses_seen(browser) -> list[tuple[int, str]]:
+    """(status, URL) of every response the browser got since the last call."""
+    seen = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.responseReceived":
+            response = message["params"]["response"]
+            seen.append((response["status"], response["url"]))
+    return seen
+
+
 def test_upload_watch_progress_and_download(browser, service, image_server, tmp_path):
     good = [
         image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg"),
@@ -94,10 +117,8 @@ def test_upload_watch_progress_and_download(browser, service, image_server, tmp_
     assert len(failures) == 1 and "HTTP 404" in failures[0].text and "line 3" in failures[0].text
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#thumbs img")
     assert len(thumbs) == 3
-    # The thumbnails are the real outputs, loaded and decoded by the browser.
-    wait.until(
-        lambda b: all(b.execute_script("return arguments[0].naturalWidth", t) > 0 for t in thumbs)
-    )
+    # Thumbnails of the real outputs, loaded and decoded by the browser.
+    wait.until(lambda b: all(decoded(b, t) for t in thumbs))
     link = browser.find_element(By.ID, "csv-link").get_attribute("href")
     csv = service.get(link)
     assert csv.status == 200 and csv.data.startswith(
@@ -140,16 +161,24 @@ def test_output_options_chosen_in_the_page(browser, service, image_server, tmp_p
     assert shown == f"WebP q{options['quality']}, max width 64"
 
     (thumb,) = browser.find_elements(By.CSS_SELECTOR, "#thumbs img")
-    assert thumb.get_attribute("data-output-url").endswith(".webp")
-    assert thumb.get_attribute("src").endswith(".webp")  # no key: loaded straight from its URL
-    # Decoded by the browser as WebP, fitted inside 64 wide with its shape kept.
-    wait.until(lambda b: b.execute_script("return arguments[0].complete", thumb))
+    output_url = thumb.get_attribute("data-output-url")
+    assert output_url.endswith(".webp")
+    # No key: the thumbnail route straight from <img>, a JPEG never larger than the
+    # output (64x48: fitted inside 64 wide with its shape kept).
+    assert urlsplit(thumb.get_attribute("src")).path == (
+        f"/api/v1/requests/{request_id}/thumbnails/1-1.jpg"
+    )
+    assert thumb.get_attribute("loading") == "lazy"
+    wait.until(lambda b: decoded(b, thumb))
     size = browser.execute_script(
         "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", thumb
     )
     assert size == [64, 48]
-    served = service.get(thumb.get_attribute("src"))
-    assert served.headers["Content-Type"] == "image/webp"
+    assert service.get(thumb.get_attribute("src")).headers["Content-Type"] == "image/jpeg"
+    # The full output, in its format, one click away.
+    link = thumb.find_element(By.XPATH, "..")
+    assert link.get_attribute("href") == output_url
+    assert service.get(output_url).headers["Content-Type"] == "image/webp"
     csv = service.get(browser.find_element(By.ID, "csv-link").get_attribute("href"))
     assert csv.data.decode().splitlines()[1].endswith(".webp")
 
@@ -217,5 +246,124 @@ def test_cancel_an_unfinished_request(browser, slow_service, image_server, tmp_p
     cancelled = int(browser.find_element(By.ID, "cancelled").text)
     done = int(browser.find_element(By.ID, "done").text)
     assert cancelled >= 1 and done + cancelled == len(urls)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#thumbs img")) == done
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#thumbs img")
+    assert len(thumbs) == done
+    # <img> cannot send the key: the page fetched each thumbnail with it.
+    for thumb in thumbs:
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", thumb)
+        wait.until(lambda b, t=thumb: decoded(b, t))
+        assert thumb.get_attribute("src").startswith("blob:")
     assert sum(image_server.hits.values()) < len(urls)  # nothing new started
+
+
+@pytest.fixture
+def limited_service(tmp_path):
+    """The API's default rate limits (120 a minute, bursts of 30, and the images' own),
+    and small batches, so a 200-image request shows its progress for a few seconds."""
+    svc = Service(
+        tmp_path / "data", RATE_LIMIT_PER_MINUTE="120", RATE_LIMIT_BURST="30", BATCH_SIZE="8"
+    ).start()
+    yield svc
+    svc.stop()
+
+
+def show_every_thumbnail(browser, wait) -> list:
+    """Scroll each thumbnail of the products page into view and wait until it is decoded."""
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#thumbs img")
+    for thumb in thumbs:
+        assert thumb.get_attribute("loading") == "lazy"
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", thumb)
+        wait.until(lambda b, t=thumb: decoded(b, t))
+    return thumbs
+
+
+def test_a_200_image_request_watched_paged_reloaded_and_deleted(
+    browser, limited_service, image_server, tmp_path
+):
+    service = limited_service
+    photo = images.jpeg_rgb()
+    # 100 products of two images; line 40's second and line 83's first are missing.
+    missing = {(38, 1), (81, 0)}
+    rows = []
+    for row in range(100):
+        urls = [
+            image_server.url(f"/gone-{row}-{p}.jpg")
+            if (row, p) in missing
+            else image_server.add(f"/{row}-{p}.jpg", photo, content_type="image/jpeg", delay=0.3)
+            for p in range(2)
+        ]
+        rows.append(f'{row + 1},Lamp {row + 1},"{urls[0]},{urls[1]}"\n')
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_text("S. No.,Product Name,Input Image Urls\n" + "".join(rows))
+    browser.get(service.base_url + "/")
+    statuses_seen(browser)  # drops what earlier tests' pages got
+    seen: list[tuple[int, str]] = []  # every response from here on
+    wait = choose_file_and_submit(browser, csv_path)
+
+    # While it runs: the rate and how long the rest should take.
+    wait.until(ec.text_to_be_present_in_element((By.ID, "pace"), "left"))
+    assert "images/s" in browser.find_element(By.ID, "pace").text
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "completed with errors"))
+    request_id = browser.find_element(By.ID, "request-id").text
+    # At its own address, which a reload keeps.
+    assert parse_qs(urlsplit(browser.current_url).query)["request"] == [request_id]
+
+    # Failures grouped by reason, listed by line, and all in the CSV.
+    [group] = browser.find_elements(By.CSS_SELECTOR, "#failure-reasons tbody tr")
+    assert "HTTP 404" in group.text and group.find_elements(By.TAG_NAME, "td")[1].text == "2"
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#failures li")) == 2)
+    listed = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#failures li")]
+    assert listed[0].startswith("line 40 (Lamp 39), image 2: ") and "HTTP 404" in listed[0]
+    assert listed[1].startswith("line 83 (Lamp 82), image 1: ")
+    failures_csv = service.get(browser.find_element(By.ID, "failures-csv").get_attribute("href"))
+    lines = failures_csv.data.decode().splitlines()
+    assert lines[0] == "Line,S. No.,Product Name,Input Image Url,Reason" and len(lines) == 3
+    assert "/gone-38-1.jpg" in lines[1] and "/gone-81-0.jpg" in lines[2]
+
+    # Products 50 a page, named by line; every thumbnail decoded, loaded lazily.
+    assert browser.find_element(By.ID, "products-range").text == f"products 1{DASH}50 of 100"
+    products = browser.find_elements(By.CSS_SELECTOR, "#thumbs .product")
+    assert len(products) == 50 and products[0].text.startswith("line 2 Lamp 1")
+    seen += statuses_seen(browser)
+    fetched = {url for _, url in seen if "/thumbnails/" in url}
+    assert len(fetched) < 99, "lazy: thumbnails far below the fold wait for a scroll"
+    assert len(show_every_thumbnail(browser, wait)) == 99
+    browser.find_element(By.ID, "products-next").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "products-range"), f"51{DASH}100 of 100"))
+    assert browser.find_element(By.CSS_SELECTOR, "#thumbs .product").text.startswith("line 52")
+    assert len(show_every_thumbnail(browser, wait)) == 99
+    assert "page=2" in browser.current_url
+
+    # The caller's recent requests list it.
+    row = browser.find_element(By.CSS_SELECTOR, f"#recent-list tr[data-request-id='{request_id}']")
+    assert "completed with errors" in row.text and row.get_attribute("aria-current") == "true"
+
+    # A reload shows the same request at the same page.
+    browser.refresh()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "completed with errors"))
+    assert browser.find_element(By.ID, "request-id").text == request_id
+    wait.until(ec.text_to_be_present_in_element((By.ID, "products-range"), f"51{DASH}100 of 100"))
+    show_every_thumbnail(browser, wait)
+
+    # No answer was a 429, though thumbnails, status polls and pages all came from one
+    # address; each of the 198 thumbnails was answered, and is cached with the request.
+    seen += statuses_seen(browser)
+    assert [(code, url) for code, url in seen if code == 429] == []
+    thumbnails = {url for code, url in seen if "/thumbnails/" in url and code == 200}
+    assert len(thumbnails) == 198
+    stored = service.data_dir / "objects" / "requests" / request_id
+    assert len(list((stored / "thumbs").iterdir())) == 198
+
+    # Delete, after confirming.
+    browser.find_element(By.ID, "delete").click()
+    alert = wait.until(ec.alert_is_present())
+    assert request_id in alert.text
+    alert.accept()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "message"), "Deleted request"))
+    assert browser.find_element(By.ID, "request").get_attribute("class") == "hidden"
+    assert "request=" not in browser.current_url
+    wait.until(
+        lambda b: not b.find_elements(By.CSS_SELECTOR, f"tr[data-request-id='{request_id}']")
+    )
+    assert service.get(f"/api/v1/requests/{request_id}").status == 404
+    assert not stored.exists()  # thumbnails and all
