@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import falcon
 
@@ -18,11 +19,11 @@ from api import docs, errors, openapi
 from api.access_log import AccessLog
 from api.auth import ApiKeys, RequireApiKey
 from api.images import FailuresCsv, RequestImages
-from api.limits import rate_limits
-from api.requests import Cancellation, Request, Requests
+from api.limits import RateLimit, rate_limits
+from api.requests import Cancellation, Canceller, Request, Requests
 from api.resources import Health, Html, Media, OpenApi, OutputCsv, RequestStatusResource
 from api.thumbnails import THUMBNAIL_ROUTE, Thumbnails
-from api.uploads import MAX_WEBHOOK_URL_CHARS, Uploads
+from api.uploads import MAX_WEBHOOK_URL_CHARS, Submitter, Uploads
 from pipeline.clock import Clock, utc_now
 from pipeline.intake import new_request_id
 from pipeline.records.base import RecordStore
@@ -36,18 +37,17 @@ PUBLIC_PATHS = UNLIMITED_PATHS | {"/", "/docs", "/api/v1/openapi.json"}
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
-class Submitter:  # what the API needs of the runner (the driver)
-    def submit(self, request_id: str) -> None: ...
-
-    def cancel(self, request_id: str) -> None:
-        """A cancel was recorded in the store; if this process drives the request, act now."""
+class Runner(Submitter, Canceller, Protocol):
+    """What the API needs of the runner (pipeline.driver.Driver): Uploads submits each
+    recorded request; a cancel recorded in the store is passed on, so the process that
+    drives the request acts at once."""
 
 
 def create_app(
     settings: Settings,
     store: RecordStore,
     storage: Storage,
-    runner: Submitter,
+    runner: Runner,
     *,
     health: Callable[[], dict] | None = None,
     clock: Clock = utc_now,
@@ -58,7 +58,7 @@ def create_app(
     """`monotonic` is the rate limiter's clock (seconds); `clock` stamps records."""
     keys = ApiKeys(settings.api_key_list)
     # Limit first, so failed key guesses are limited too (by address).
-    middleware: list[object] = []
+    middleware: list[AccessLog | RateLimit | RequireApiKey] = []
     if settings.access_log:  # first: it times, and logs, every answer the others give too
         middleware.append(AccessLog(monotonic))
     # The API's bucket and the images' own (each off when its per-minute setting is 0).
@@ -67,10 +67,11 @@ def create_app(
 
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    parse_options = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     # The file is read from its part's stream (bounded in Uploads); these bound the rest.
-    parse_options.max_body_part_count = 16
-    parse_options.max_body_part_buffer_size = MAX_WEBHOOK_URL_CHARS * 4
+    multipart = falcon.media.MultipartFormHandler()
+    multipart.parse_options.max_body_part_count = 16
+    multipart.parse_options.max_body_part_buffer_size = MAX_WEBHOOK_URL_CHARS * 4
+    app.req_options.media_handlers[falcon.MEDIA_MULTIPART] = multipart
 
     base_url = settings.base_url
     uploads = Uploads(settings, store, storage, runner, clock=clock, new_id=new_id, keys=keys)

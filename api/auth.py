@@ -24,7 +24,6 @@ from pipeline.models import RequestRecord
 
 OWNER_HEX_CHARS = 16  # 64 bits: collisions between a handful of keys are not a concern
 _BEARER = "bearer "
-_UNCHECKED = object()  # req.context marker: the caller's key is not looked at yet
 
 
 def owner_id(key: str) -> str:
@@ -42,11 +41,10 @@ class ApiKeys:
 
     def owner(self, req: falcon.Request) -> str | None:
         """The caller's owner id when it sent a configured key, else None (memoized)."""
-        owner = getattr(req.context, "api_owner", _UNCHECKED)
-        if owner is _UNCHECKED:
-            owner = self._check(presented_key(req))
-            req.context.api_owner = owner
-        return owner  # type: ignore[return-value]
+        if not hasattr(req.context, "api_owner"):  # the caller's key is not looked at yet
+            req.context.api_owner = self._check(presented_key(req))
+        owner: str | None = req.context.api_owner
+        return owner
 
     def client_id(self, req: falcon.Request) -> str:
         """Whom a rate limit applies to: a valid key, else the peer address.

@@ -28,9 +28,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
 
 from api.access_log import ACCESS_LOGGER, access_line
@@ -193,12 +195,17 @@ class JsonErrorTask(ErrorTask):
     """waitress's answer to what it refuses itself, as JSON (its own is plain text)."""
 
     def execute(self) -> None:
-        error, request = self.request.error, self.request
+        # waitress gives an ErrorTask the request's parser, its `error` set (HTTPChannel.
+        # service); the waitress stubs say `request` is that Error.
+        request = cast(HTTPRequestParser, self.request)
+        error = request.error
+        assert error is not None
         body = json.dumps(
             refusal(error.code, str(error.body), self.channel.adj, request.content_length)
         ).encode()
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
+        # A list (Task.__init__); the waitress stubs say Sequence.
+        self.response_headers.append(("Content-Type", "application/json"))  # type: ignore[attr-defined]
         self.set_close_on_finish()  # what is left of the body is never read
         self.content_length = len(body)
         self.write(body)

@@ -170,7 +170,7 @@ def _responses(responses: dict[str, Any]) -> str:
             f"<td>{shapes}</td></tr>"
         )
     out.append("</table>")
-    errors = []
+    errors: list[str] = []
     for code, response in responses.items():
         for ctype, media in response.get("content", {}).items():
             for example in _examples(media):

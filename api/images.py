@@ -9,6 +9,7 @@ from typing import Any
 import falcon
 
 from api.auth import ApiKeys
+from api.errors import InvalidParam
 from api.resources import MAX_PER_PAGE, image_body, readable_request
 from pipeline.csv_output import failure_rows, render_csv
 from pipeline.links import Links
@@ -102,7 +103,7 @@ def _status(value: str | None) -> ImageStatus | None:
         return ImageStatus(value.strip().lower())
     except ValueError:
         known = ", ".join(s.value for s in ImageStatus)
-        raise falcon.HTTPInvalidParam(f"must be one of {known}", "status") from None
+        raise InvalidParam("status", f"must be one of {known}") from None
 
 
 def _listed(image: ImageRecord, url_for: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from api.requests import DEFAULT_LIST_PER_PAGE, MAX_LIST_PAGE, MAX_LIST_PER_PAGE
 from api.resources import DEFAULT_PER_PAGE as DEFAULT_PRODUCTS_PER_PAGE
 from api.resources import MAX_PER_PAGE
 from pipeline.csv_output import FAILURE_COLUMNS
+from pipeline.keys import output_key
 from pipeline.links import Links
 from pipeline.models import ImageStatus, RequestStatus
 from pipeline.options import (
@@ -633,7 +634,7 @@ class _Examples:
         }
 
     def media(self, row: int, position: int) -> str:
-        return f"{self.base}/media/requests/{EXAMPLE_ID}/images/{row:07d}-{position:03d}.webp"
+        return f"{self.base}/media/{output_key(EXAMPLE_ID, row, position, 'webp')}"
 
     def accepted(self) -> dict[str, Any]:
         return {

@@ -14,9 +14,11 @@ from urllib.parse import urlencode
 import falcon
 
 from api.auth import ApiKeys
+from api.errors import InvalidParam
 from api.resources import PATHS, RequestStatusResource, readable_request, status_body
 from pipeline.clock import Clock, utc_now
-from pipeline.errors import Conflict
+from pipeline.errors import AlreadyFinished
+from pipeline.links import Links
 from pipeline.models import RequestStatus
 from pipeline.records.base import RecordStore
 from pipeline.removal import remove_request
@@ -80,7 +82,7 @@ class Requests:
     def _page_url(self, statuses: list[RequestStatus], page: int, per_page: int) -> str:
         query = [("status", ",".join(statuses))] if statuses else []
         query += [("page", str(page)), ("per_page", str(per_page))]
-        return f"{self.base_url}/api/v1/requests?{urlencode(query, safe=',')}"
+        return Links(self.base_url).requests(urlencode(query, safe=","))
 
 
 class Request(RequestStatusResource):
@@ -119,12 +121,11 @@ class Cancellation:
         if not self.store.request_cancel(request_id, self.clock()):
             # It may have finished since it was read: name the status it has now.
             record = self.store.get_request(request_id) or record
-            raise Conflict(
+            raise AlreadyFinished(
                 f"Request {request_id} is {record.status}; only an unfinished request "
                 "can be cancelled.",
                 request_id=request_id,
                 status=str(record.status),
-                title="Request already finished",
             )
         self.runner.cancel(request_id)
         record = self.store.get_request(request_id) or record
@@ -143,9 +144,9 @@ def requested_statuses(values: list[str]) -> list[RequestStatus]:
         try:
             status = RequestStatus(value)
         except ValueError:
-            raise falcon.HTTPInvalidParam(
-                f"{value!r} is not a request status; use one or more of: {STATUS_NAMES}",
+            raise InvalidParam(
                 "status",
+                f"{value!r} is not a request status; use one or more of: {STATUS_NAMES}",
             ) from None
         if status not in statuses:
             statuses.append(status)

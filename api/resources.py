@@ -10,8 +10,9 @@ from typing import Any
 import falcon
 
 from api.auth import ApiKeys
+from api.errors import NotFound
 from pipeline.clock import Clock, utc_now
-from pipeline.errors import NotReady, RequestNotFound
+from pipeline.errors import NotReady, ObjectNotFound, RequestNotFound
 from pipeline.health import failing
 from pipeline.keys import OUTPUT_IMAGE_KEY
 from pipeline.links import Links
@@ -108,7 +109,7 @@ class OutputCsv:
             raise NotReady(f"Request {request_id} is {record.status} and has no output CSV{why}")
         try:
             stream: Any = self.storage.open(record.output_key, "rb")
-        except FileNotFoundError:
+        except ObjectNotFound:
             stream = Rebuilt(self.store, self.storage, request_id, record.output_key)
         resp.content_type = "text/csv; charset=utf-8"
         resp.downloadable_as = f"{request_id}-output.csv"
@@ -125,7 +126,7 @@ class Media:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         match = MEDIA_KEY.match(key)
-        not_found = falcon.HTTPNotFound(title="Not found", description=f"No media at {key!r}.")
+        not_found = NotFound(f"No media at {key!r}.")
         if not match:
             raise not_found
         if self.keys.required:
@@ -135,7 +136,7 @@ class Media:
                 raise not_found
         try:
             stream = self.storage.open(key, "rb")
-        except FileNotFoundError as exc:
+        except ObjectNotFound as exc:
             raise not_found from exc
         resp.content_type = MEDIA_TYPES[match["extension"]]
         # With keys, a shared cache must not hand one owner's image to another caller.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import Any
 
 import falcon
-import waitress
-from waitress.server import BaseWSGIServer
+from waitress.server import BaseWSGIServer, create_server
 
 from api.access_log import ACCESS_LOGGER
 from api.app import create_app
@@ -128,15 +128,16 @@ def main() -> None:
         services.close()
 
 
-def serve(app: falcon.App, **options: object) -> None:
+def serve(app: falcon.App, **options: Any) -> None:
     """`waitress.serve`, with the API's JSON body on what waitress refuses itself.
 
     waitress makes a connection with its server's `channel_class`, and the answer
     to a refused request with that channel's `error_task_class`; each listening
     server (one per address `HOST` resolves to) gets `JsonErrorChannel`.
     """
-    server_map: dict = {}
-    server = waitress.create_server(app, map=server_map, **options)
+    # wasyncore's map: file descriptor -> dispatcher (the waitress stubs say -> socket).
+    server_map: dict[int, object] = {}
+    server = create_server(app, map=server_map, **options)  # type: ignore[arg-type]
     for dispatcher in server_map.values():
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = JsonErrorChannel

@@ -9,28 +9,27 @@ deleting the request deletes its thumbnails. Only whoever may read the request
 may read them; they are limited by the images' rate-limit bucket, not the
 API's (api/limits.py).
 
-Memory: a JPEG output is decoded at a reduced scale (Pillow's `draft`, 1/2 to
-1/8); WebP and AVIF have no such thing and are decoded whole, so an output
-whose decoded pixels would exceed `MAX_SOURCE_PIXELS` gets no thumbnail (a 404
-that says why: the full image is still at its output_url), and at most
-`MAX_DECODING` thumbnails are made at once per API process.
+Memory: the image work is `pipeline.thumbnails` (Pillow, imported when the
+first thumbnail is made, so the API starts without it): a JPEG output is
+decoded at a reduced scale, WebP and AVIF whole, so an output whose decoded
+pixels would exceed its `MAX_SOURCE_PIXELS` gets no thumbnail (a 404 that says
+why: the full image is still at its output_url), and at most `MAX_DECODING`
+thumbnails are made at once per API process.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import re
 import threading
-from typing import IO
 
 import falcon
-from PIL import Image
 
 from api.auth import ApiKeys
+from api.errors import NotFound
 from api.resources import readable_request
-from pipeline.errors import StorageError
+from pipeline.errors import NoThumbnail, ObjectNotFound, StorageError
 from pipeline.keys import thumbnail_key
 from pipeline.links import Links
 from pipeline.records.base import RecordStore
@@ -39,67 +38,14 @@ from pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 THUMBNAIL_ROUTE = "/api/v1/requests/{request_id}/thumbnails/{image}"
-BOX = (160, 160)
-QUALITY = 70
-# 64 MB decoded as RGBA: far above a product photo, far below what would strain the API.
-MAX_SOURCE_PIXELS = 16_000_000
 MAX_DECODING = 2
-SOURCE_FORMATS = ("JPEG", "WEBP", "AVIF")  # what the pipeline writes; nothing else is opened
 # Numbered from 1; nine digits is far beyond any request (and keeps the integers small).
 _IMAGE_NAME = re.compile(r"(?P<row>[1-9]\d{0,8})-(?P<position>[1-9]\d{0,8})\.jpg")
 
 
-class NoThumbnail(Exception):
-    """The output cannot be made into a thumbnail; the message says why."""
-
-
 def thumbnail_path(request_id: str, row: int, position: int) -> str:
     """The thumbnail's path (0-based row and position in; the path numbers from 1)."""
-    return f"{Links('').status(request_id)}/thumbnails/{row + 1}-{position + 1}.jpg"
-
-
-def make_thumbnail(
-    source: IO[bytes],
-    *,
-    box: tuple[int, int] = BOX,
-    quality: int = QUALITY,
-    max_pixels: int = MAX_SOURCE_PIXELS,
-) -> bytes:
-    """The image in `source` fitted inside `box` (never enlarged), as JPEG bytes.
-
-    NoThumbnail when it is not a JPEG, WebP or AVIF image, or would decode to more
-    than `max_pixels` pixels (judged from its header, before decoding)."""
-    try:
-        with Image.open(source, formats=SOURCE_FORMATS) as im:
-            # Twice the box, so the final resampling still has pixels to average.
-            im.draft(None, (box[0] * 2, box[1] * 2))  # JPEG only; others ignore it
-            width, height = im.size
-            if width * height > max_pixels:
-                raise NoThumbnail(
-                    f"the output decodes to {width}x{height} pixels, over the "
-                    f"{max_pixels:,}-pixel limit for thumbnails"
-                )
-            im.thumbnail(box, Image.Resampling.LANCZOS)
-            out = _without_alpha(im)
-            icc = im.info.get("icc_profile") if out.mode == im.mode else None
-            buffer = io.BytesIO()
-            out.save(buffer, "JPEG", quality=quality, optimize=True, icc_profile=icc)
-            return buffer.getvalue()
-    except Image.DecompressionBombError as exc:  # past Pillow's own limit (MAX_PIXELS raised)
-        raise NoThumbnail(f"the output is too large to decode ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise NoThumbnail(f"the output is not a readable image ({exc})") from exc
-
-
-def _without_alpha(im: Image.Image) -> Image.Image:
-    if im.mode in ("RGB", "L"):
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        flat = Image.new("RGB", im.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return im.convert("RGB")
+    return Links("").thumbnail(request_id, row, position)
 
 
 class Thumbnails:
@@ -111,7 +57,7 @@ class Thumbnails:
         storage: Storage,
         *,
         keys: ApiKeys,
-        max_pixels: int = MAX_SOURCE_PIXELS,
+        max_pixels: int | None = None,  # None: pipeline.thumbnails.MAX_SOURCE_PIXELS
         max_decoding: int = MAX_DECODING,
     ):
         self.store = store
@@ -126,7 +72,7 @@ class Thumbnails:
         readable_request(self.store, self.keys, req, request_id)
         match = _IMAGE_NAME.fullmatch(image)
         if match is None:
-            raise _not_found(
+            raise NotFound(
                 f"No thumbnail {image!r}: thumbnails are named <row>-<position>.jpg, "
                 "both numbered from 1."
             )
@@ -148,7 +94,7 @@ class Thumbnails:
     def _cached(self, key: str) -> bytes | None:
         try:
             return self.storage.get(key)
-        except FileNotFoundError:
+        except ObjectNotFound:
             return None
 
     def _make(self, request_id: str, row: int, position: int, key: str) -> bytes:
@@ -157,8 +103,11 @@ class Thumbnails:
             i for i in self.store.list_images(request_id, row, row + 1) if i.position == position
         ]
         if not found or found[0].output_key is None:
-            raise _not_found(f"Request {request_id} has no output image at {name} (yet).")
+            raise NotFound(f"Request {request_id} has no output image at {name} (yet).")
         output_key = found[0].output_key
+        # Pillow, loaded by the first thumbnail made, never by the API's start.
+        from pipeline.thumbnails import make_thumbnail
+
         with self._decoding:
             data = self._cached(key)  # made by another thread while this one waited
             if data is not None:
@@ -166,13 +115,11 @@ class Thumbnails:
             try:
                 with self.storage.open(output_key, "rb") as source:
                     data = make_thumbnail(source, max_pixels=self.max_pixels)
-            except FileNotFoundError as exc:
-                raise _not_found(f"The output image at {name} is no longer stored.") from exc
+            except ObjectNotFound as exc:
+                raise NotFound(f"The output image at {name} is no longer stored.") from exc
             except NoThumbnail as exc:
-                raise falcon.HTTPNotFound(
-                    title="No thumbnail",
-                    description=f"No thumbnail for {name}: {exc}. The image itself is at its "
-                    "output_url.",
+                raise NoThumbnail(
+                    f"No thumbnail for {name}: {exc}. The image itself is at its output_url."
                 ) from exc
         try:
             self.storage.put_chunks(key, [data])  # whole or not at all: never half a JPEG
@@ -180,7 +127,3 @@ class Thumbnails:
             # Served anyway; the next request makes it again.
             log.warning("thumbnail %s not cached: %s", key, exc)
         return data
-
-
-def _not_found(description: str) -> falcon.HTTPNotFound:
-    return falcon.HTTPNotFound(title="Not found", description=description)

@@ -17,23 +17,25 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import Protocol
 
 import falcon
+from falcon.media.multipart import BodyPart
+from falcon.typing import ReadableIO
 
 from api.auth import ApiKeys
-from api.errors import LengthRequired
+from api.errors import BadRequest, LengthRequired, MethodNotAllowed, UnsupportedMediaType
 from api.resources import PATHS
 from pipeline.clock import Clock
-from pipeline.errors import FetchError, InputError, PayloadTooLarge
+from pipeline.csv_input import csv_limits
+from pipeline.errors import FetchError, InputError, OptionError, PayloadTooLarge
 from pipeline.intake import accept_csv
 from pipeline.links import Links
 from pipeline.models import RequestStatus
 from pipeline.netguard import validate_url
 from pipeline.options import FIELDS as OPTION_FIELDS
-from pipeline.options import OptionError, resolve_options
+from pipeline.options import resolve_options
 from pipeline.records.base import RecordStore
-from pipeline.service import csv_limits
 from pipeline.settings import Settings
 from pipeline.storage import Storage
 
@@ -52,13 +54,19 @@ def max_body_bytes(settings: Settings) -> int:
     return settings.max_upload_bytes + FORM_OVERHEAD_BYTES
 
 
+class Submitter(Protocol):
+    def submit(self, request_id: str) -> object:
+        """Drive the recorded request in the background; returns at once (its result,
+        whether this process took the request, is not needed here)."""
+
+
 class Uploads:
     def __init__(
         self,
         settings: Settings,
         store: RecordStore,
         storage: Storage,
-        runner,
+        runner: Submitter,
         *,
         clock: Clock,
         new_id: Callable[[], str],
@@ -78,17 +86,15 @@ class Uploads:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # People open the upload URL in a browser or curl it without -F: say how.
         base = self.settings.base_url
-        resp.status = falcon.HTTP_405
-        resp.set_header("Allow", "POST")
-        resp.media = {
-            "title": "Method not allowed",
-            "description": "Upload a CSV with POST, as a multipart form field named 'file': "
+        raise MethodNotAllowed(
+            "Upload a CSV with POST, as a multipart form field named 'file': "
             f"curl -F file=@products.csv {base}{req.path}. Optional fields: "
             f"{FORM_FIELDS.removeprefix('file, ')}. The upload page is at {base}/ and "
             f"the API documentation at {base}/docs.",
-            "example": f"curl -F file=@products.csv {base}{req.path}",
-            "docs": f"{base}/docs",
-        }
+            allow="POST",
+            example=f"curl -F file=@products.csv {base}{req.path}",
+            docs=f"{base}/docs",
+        )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._check_envelope(req)
@@ -131,22 +137,22 @@ class Uploads:
             )
         encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
         if encoding != "identity":
-            raise falcon.HTTPUnsupportedMediaType(
-                title="Compressed uploads are not accepted",
-                description=f"The body has Content-Encoding {encoding!r}; send the CSV "
+            raise UnsupportedMediaType(
+                f"The body has Content-Encoding {encoding!r}; send the CSV "
                 "uncompressed as a multipart form field named 'file'.",
+                title="Compressed uploads are not accepted",
             )
         if not (req.content_type or "").lower().startswith("multipart/form-data"):
-            raise falcon.HTTPUnsupportedMediaType(
-                title="Expected multipart/form-data",
-                description="Send the CSV as a multipart form field named 'file', "
+            raise UnsupportedMediaType(
+                "Send the CSV as a multipart form field named 'file', "
                 "e.g. curl -F file=@products.csv http://localhost:5000/api/v1/upload",
+                title="Expected multipart/form-data",
             )
 
-    def _body(self, req: falcon.Request) -> tuple[BinaryIO, int]:
+    def _body(self, req: falcon.Request) -> tuple[ReadableIO, int]:
         """The body stream and how far the multipart parser may read it."""
         if req.content_length is not None:
-            return req.bounded_stream, req.content_length  # type: ignore[return-value]
+            return req.bounded_stream, req.content_length
         # No length: only safe to read to the end when the server has delimited the
         # input (PEP 3333's wsgi.input_terminated); elsewhere a read could block on the
         # client's next request.
@@ -163,13 +169,14 @@ class Uploads:
         refused: list[str] = []
         stream, length = self._body(req)
         handler = req.options.media_handlers[falcon.MEDIA_MULTIPART]
+        assert isinstance(handler, falcon.media.MultipartFormHandler)  # as create_app sets it
         try:
             for part in handler.deserialize(stream, req.content_type, length):
                 if part.name == "file":
                     if data is not None:
-                        raise falcon.HTTPBadRequest(
+                        raise BadRequest(
+                            "Send one CSV per upload, in one field named 'file'.",
                             title="More than one file",
-                            description="Send one CSV per upload, in one field named 'file'.",
                         )
                     # Bounded: one byte past the limit is enough to know it is too big.
                     data = part.stream.read(self.settings.max_upload_bytes + 1)
@@ -177,23 +184,23 @@ class Uploads:
                 elif part.name == "webhook_url":
                     webhook_url = part.text.strip() or None
                 elif part.name in OPTION_FIELDS and part.name not in given:
-                    given[part.name] = _option_text(part)
+                    given[part.name] = _option_text(part.name, part)
                 else:
                     # A misspelt or unsupported option must not pass silently (the
                     # request would come out otherwise than asked): refused once the
                     # form is read, after a missing file, which is the bigger mistake.
                     refused.append(str(part.name)[:64])
         except falcon.MediaMalformedError as exc:
-            raise falcon.HTTPBadRequest(
-                title="Malformed multipart body",
-                description=f"The body is not valid multipart/form-data "
+            raise BadRequest(
+                f"The body is not valid multipart/form-data "
                 f"({exc.description or exc}); send the CSV as -F file=@products.csv",
+                title="Malformed multipart body",
             ) from exc
         if data is None:
-            raise falcon.HTTPBadRequest(
-                title="Missing file",
-                description="The multipart form has no field named 'file'; "
+            raise BadRequest(
+                "The multipart form has no field named 'file'; "
                 "send the CSV as -F file=@products.csv",
+                title="Missing file",
             )
         if refused:
             name = refused[0]
@@ -213,25 +220,25 @@ class Uploads:
         return data, filename, webhook_url, given
 
 
-def _option_text(part) -> str:
+def _option_text(name: str, part: BodyPart) -> str:
     # An option is a short number or word: read a little, never a whole part.
     raw = part.stream.read(MAX_OPTION_CHARS + 1)
     text = raw.decode("utf-8", errors="replace")
     if len(raw) > MAX_OPTION_CHARS:
-        raise OptionError(part.name, f"is longer than {MAX_OPTION_CHARS} characters")
+        raise OptionError(name, f"is longer than {MAX_OPTION_CHARS} characters")
     return text
 
 
 class _CappedStream:
     """A body read without Content-Length, refused once it passes `cap` bytes."""
 
-    def __init__(self, stream: BinaryIO, cap: int, settings: Settings):
+    def __init__(self, stream: ReadableIO, cap: int, settings: Settings):
         self.stream = stream
         self.cap = cap
         self.settings = settings
         self.consumed = 0
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1, /) -> bytes:
         allowed = self.cap + 1 - self.consumed
         chunk = self.stream.read(allowed if size is None or size < 0 else min(size, allowed))
         self.consumed += len(chunk)

@@ -26,14 +26,15 @@ from tqdm.auto import tqdm
 
 from pipeline import outputs
 from pipeline.clock import utc_now
+from pipeline.csv_input import csv_limits
 from pipeline.csv_output import failure_rows, output_csv_rows, render_csv
 from pipeline.errors import FetchError, ImageRejected
-from pipeline.fetch import Fetcher
+from pipeline.fetch import Fetcher, fetch_config
 from pipeline.intake import accept_csv, new_request_id
 from pipeline.keys import output_key
 from pipeline.models import ImageRecord, ImageStatus, RequestRecord
 from pipeline.options import resolve_options
-from pipeline.service import Services, csv_limits, fetch_config
+from pipeline.service import Services
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -277,7 +278,7 @@ def before_after(
 ) -> list[Image.Image]:
     """Side-by-side thumbnails (input left, output right) of the first few done images."""
     fetcher = Fetcher(fetch_config(services.settings))
-    pairs = []
+    pairs: list[Image.Image] = []
     for image in services.store.iter_images(request_id, status=ImageStatus.DONE):
         if len(pairs) >= limit:
             break
@@ -293,8 +294,8 @@ def before_after(
 
 
 def _thumbnail(data: bytes, size: int) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im).convert("RGBA")
+    with Image.open(io.BytesIO(data)) as source:
+        im = ImageOps.exif_transpose(source).convert("RGBA")
         im.thumbnail((size, size))
         flat = Image.new("RGB", im.size, "white")
         flat.paste(im, mask=im.getchannel("A"))

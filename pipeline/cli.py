@@ -33,11 +33,11 @@ from pipeline.batch import (
     write_failures_csv,
     write_output_csv,
 )
-from pipeline.csv_input import parse_products
-from pipeline.errors import ConfigError, InputError, StorageError
+from pipeline.csv_input import csv_limits, parse_products
+from pipeline.errors import ConfigError, InputError, OptionError, StorageError
 from pipeline.models import ImageStatus, RequestRecord, RequestStatus
-from pipeline.options import OptionError, resolve_options
-from pipeline.service import Services, build_services, csv_limits
+from pipeline.options import resolve_options
+from pipeline.service import Services, build_services
 from pipeline.settings import Settings
 
 EXIT = {

@@ -16,23 +16,15 @@ from datetime import datetime
 
 from pipeline import outputs
 from pipeline.deliveries import Deliveries
-from pipeline.errors import PipelineError, StorageError
+from pipeline.errors import Incomplete, StorageError
+from pipeline.keys import cancel_marker_key, output_csv_key
 from pipeline.links import Links
 from pipeline.models import Counters, ReasonCount, RequestStatus
 from pipeline.notify import completion_event
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
-from pipeline.tasks import cancel_marker_key, output_csv_key
 
 log = logging.getLogger(__name__)
-
-
-class Incomplete(PipelineError):
-    """Images of the request still have no result: it cannot be completed yet."""
-
-    def __init__(self, request_id: str, pending: int):
-        self.pending = pending
-        super().__init__(f"request {request_id} has {pending} images without a result")
 
 
 def final_status(counters: Counters, *, cancelled: bool) -> RequestStatus:

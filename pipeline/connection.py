@@ -18,21 +18,13 @@ import time
 from distributed import Client
 
 from pipeline import cluster
-from pipeline.errors import PipelineError
+from pipeline.errors import SchedulerLost, ShuttingDown
 
 log = logging.getLogger(__name__)
 
 # How long the driver waits for the scheduler to come back before the
 # requests that need it fail.
 RECONNECT_TIMEOUT = 120.0
-
-
-class SchedulerLost(PipelineError):
-    """The Dask scheduler went away and the client could not get it back."""
-
-
-class ShuttingDown(PipelineError):
-    """The process is stopping; the request is left for another process or the next start."""
 
 
 class DaskConnection:

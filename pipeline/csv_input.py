@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import CsvError, PayloadTooLarge
 from pipeline.models import Product
+from pipeline.settings import DEFAULTS, Settings
 
 SERIAL = "S. No."
 NAME = "Product Name"
@@ -30,15 +31,25 @@ ALLOWED_SCHEMES = ("http", "https")
 
 @dataclass(frozen=True)
 class CsvLimits:
-    max_bytes: int = 50 * 1024 * 1024
-    max_rows: int = 200_000
-    max_urls: int = 1_000_000
+    max_bytes: int = DEFAULTS.max_upload_bytes
+    max_rows: int = DEFAULTS.max_rows
+    max_urls: int = DEFAULTS.max_urls
     max_urls_per_row: int = 100
     max_cell_chars: int = 100_000
     max_url_chars: int = 2048
 
 
 DEFAULT_LIMITS = CsvLimits()
+
+
+def csv_limits(settings: Settings) -> CsvLimits:
+    """The upload limits the settings set (MAX_UPLOAD_BYTES, MAX_ROWS, MAX_URLS)."""
+    return CsvLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_rows=settings.max_rows,
+        max_urls=settings.max_urls,
+    )
+
 
 # People upload spreadsheets, images and archives by mistake; naming what the
 # file looks like is more useful than a decoding error.

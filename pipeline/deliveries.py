@@ -17,7 +17,6 @@ with the same id and body.
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import random
 import threading
@@ -28,23 +27,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.models import iso
-from pipeline.notify import Attempt, WebhookSender
+from pipeline.notify import Attempt, WebhookSender, event_body
 from pipeline.records.base import RecordStore
+from pipeline.settings import parse_schedule  # noqa: F401 (importable from here too)
 
 log = logging.getLogger(__name__)
 KEEP_ATTEMPTS = 10  # the status response shows the latest ones; the count is kept apart
-
-
-def body_of(event: dict[str, Any]) -> bytes:
-    """The exact bytes signed and sent: the same on every attempt, before and after restarts."""
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
-
-
-def parse_schedule(text: str) -> tuple[float, ...]:
-    delays = tuple(float(part) for part in text.split(",") if part.strip())
-    if not delays or any(d < 0 for d in delays):
-        raise ValueError("a comma-separated list of non-negative seconds")
-    return delays
 
 
 def next_state(
@@ -287,7 +275,7 @@ class Deliveries:
         state = self.store.claim_delivery(request_id, self.owner, self.clock(), self.lease_seconds)
         if state is None:
             return  # delivered, given up, not due, or being attempted elsewhere
-        attempt = self.sender.send(state["url"], state["id"], body_of(state["payload"]))
+        attempt = self.sender.send(state["url"], state["id"], event_body(state["payload"]))
         after = next_state(state, attempt, self.schedule, self.clock(), self.jitter())
         if after["status"] == "failed":
             log.warning("webhook %s to %s failed: %s", state["id"], state["url"], attempt.error)

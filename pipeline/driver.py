@@ -47,10 +47,17 @@ from distributed.client import FutureCancelledError
 
 from pipeline import dispatch, manifest, tasks
 from pipeline.clock import Clock, utc_now
-from pipeline.completion import Completion, Incomplete
-from pipeline.connection import RECONNECT_TIMEOUT, DaskConnection, SchedulerLost, ShuttingDown
+from pipeline.completion import Completion
+from pipeline.connection import RECONNECT_TIMEOUT, DaskConnection
 from pipeline.csv_input import CsvLimits
-from pipeline.errors import RecordStoreError, StorageError, backend_unavailable
+from pipeline.errors import (
+    Incomplete,
+    RecordStoreError,
+    SchedulerLost,
+    ShuttingDown,
+    StorageError,
+    backend_unavailable,
+)
 from pipeline.models import ImageResult, ImageStatus, RequestRecord
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage

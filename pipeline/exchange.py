@@ -321,8 +321,11 @@ class MeteredResponse(http.client.HTTPResponse):
         self._exchange = current()
         if self._exchange is not None:
             self._exchange.answer_started()
+            # typeshed types `fp` as io.BufferedReader; http.client only reads from it.
             self.fp = _MeteredFile(self.fp, self._exchange)  # type: ignore[assignment]
 
+    # Overrides http.client's private status reader, which typeshed does not declare
+    # (hence the two ignores: "undefined in superclass").
     def _read_status(self) -> tuple[str, int, str]:
         if self._exchange is None:
             return super()._read_status()  # type: ignore[misc]

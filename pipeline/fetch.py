@@ -29,6 +29,7 @@ from pipeline.exchange import Exchange
 from pipeline.hosts import SLOW_DOWN, parse_retry_after
 from pipeline.netguard import Resolver, guarded_pool, validate_url
 from pipeline.reasons import Budget
+from pipeline.settings import DEFAULTS, Settings
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
@@ -39,14 +40,14 @@ WIRE_SLACK = 64 * 1024
 
 @dataclass(frozen=True)
 class FetchConfig:
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    total_timeout: float = 30.0
-    max_redirects: int = 5
-    max_bytes: int = 25 * 1024 * 1024
-    retries: int = 2
-    backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
-    allow_private_networks: bool = False
+    connect_timeout: float = DEFAULTS.connect_timeout
+    read_timeout: float = DEFAULTS.read_timeout
+    total_timeout: float = DEFAULTS.total_timeout
+    max_redirects: int = DEFAULTS.max_redirects
+    max_bytes: int = DEFAULTS.max_image_bytes
+    retries: int = DEFAULTS.fetch_retries
+    backoff: float = DEFAULTS.fetch_backoff  # seconds before the first retry; doubles
+    allow_private_networks: bool = DEFAULTS.allow_private_networks
     user_agent: str = "imagepipe/0.1 (+https://github.com/imagepipe)"
 
     def __post_init__(self) -> None:
@@ -57,6 +58,20 @@ class FetchConfig:
         for name in ("max_redirects", "retries", "backoff"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fetch {name} must be 0 or more, got {getattr(self, name)}")
+
+
+def fetch_config(settings: Settings) -> FetchConfig:
+    """How images are fetched, as the settings say (timeouts, sizes, retries, networks)."""
+    return FetchConfig(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        total_timeout=settings.total_timeout,
+        max_redirects=settings.max_redirects,
+        max_bytes=settings.max_image_bytes,
+        retries=settings.fetch_retries,
+        backoff=settings.fetch_backoff,
+        allow_private_networks=settings.allow_private_networks,
+    )
 
 
 @functools.lru_cache(maxsize=4)

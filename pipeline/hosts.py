@@ -37,6 +37,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from pipeline.errors import ConfigError, FetchError
+from pipeline.settings import DEFAULTS, Settings
 
 # The answers that mean "slow down", for every client of the host.
 SLOW_DOWN = frozenset({429, 503})
@@ -51,9 +52,10 @@ REGROW_AFTER = 10.0
 
 @dataclass(frozen=True)
 class HostPolicy:
-    max_connections: int = 8
-    backoff: float = 1.0  # pause after a 429/503 without Retry-After; doubles while refused
-    max_pause: float = 60.0  # the longest pause, whatever Retry-After says
+    max_connections: int = DEFAULTS.max_connections_per_host
+    # The pause after a 429/503 without Retry-After; doubles while refused.
+    backoff: float = DEFAULTS.host_backoff
+    max_pause: float = DEFAULTS.host_pause_max  # the longest, whatever Retry-After says
 
     def __post_init__(self) -> None:
         # Built once at start-up from Settings: a bad value fails there, not per image.
@@ -63,6 +65,15 @@ class HostPolicy:
             )
         if self.backoff < 0 or self.max_pause < 0:
             raise ConfigError("host backoff and max pause must be 0 or more")
+
+
+def host_policy(settings: Settings) -> HostPolicy:
+    """The politeness the settings set (MAX_CONNECTIONS_PER_HOST, HOST_BACKOFF, HOST_PAUSE_MAX)."""
+    return HostPolicy(
+        max_connections=settings.max_connections_per_host,
+        backoff=settings.host_backoff,
+        max_pause=settings.host_pause_max,
+    )
 
 
 @dataclass(frozen=True)

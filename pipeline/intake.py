@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pipeline.csv_input import CsvLimits, parse_products
+from pipeline.keys import input_csv_key
 from pipeline.models import NewRequest
 from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
-from pipeline.tasks import input_csv_key
 
 
 def new_request_id() -> str:

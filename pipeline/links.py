@@ -31,3 +31,12 @@ class Links:
 
     def failures_csv(self, request_id: str) -> str:
         return f"{self.status(request_id)}/failures.csv"
+
+    def thumbnail(self, request_id: str, row: int, position: int) -> str:
+        """An output image's thumbnail (0-based row and position in; the link numbers
+        both from 1, as the API's products and images do)."""
+        return f"{self.status(request_id)}/thumbnails/{row + 1}-{position + 1}.jpg"
+
+    def requests(self, query: str = "") -> str:
+        """The list of requests; `query` is an encoded query string, without its `?`."""
+        return f"{self.base_url}/api/v1/requests" + (f"?{query}" if query else "")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.keys import manifest_key  # noqa: F401 (callers ask the manifest for it)
 from pipeline.models import ImageItem
 from pipeline.storage import Storage
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
-from pipeline.keys import output_key  # noqa: F401 (older callers import it from here)
 from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 
 
@@ -226,6 +225,12 @@ def image_items(products: list[Product] | tuple[Product, ...]) -> list[ImageItem
     return items
 
 
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
 def iso(value: datetime | None) -> str | None:
     """UTC timestamps as ISO 8601 with a Z, the form every response uses."""
     return value.isoformat().replace("+00:00", "Z") if value else None

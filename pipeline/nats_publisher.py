@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+
+from pipeline.notify import event_body
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class NatsPublisher:
         """True once the server has the event; False (logged) when that is not known."""
         if self._closed or self._connecting is None:
             return False
-        data = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+        data = event_body(event)
         try:
             sent = self._run(self._publish(data), timeout=2 * self.timeout + 1)
         except Exception as exc:  # a notification must never fail the request
@@ -105,7 +106,8 @@ class NatsPublisher:
         await client.publish(self.subject, data)
         if not client.is_connected:  # reconnecting: the client keeps it in its buffer
             return False
-        await client.flush(timeout=self.timeout)
+        # nats-py annotates flush(timeout: int) but hands it to asyncio.wait_for: any seconds.
+        await client.flush(timeout=self.timeout)  # type: ignore[arg-type]
         return True
 
     # -- loop-side helpers ------------------------------------------------------

@@ -23,6 +23,7 @@ connections hand every socket they open or reuse to the current
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ from urllib3.exceptions import (
 )
 
 from pipeline import exchange
-from pipeline.errors import FetchError
+from pipeline.errors import AddressRefused, FetchError
 
 # socket.getaddrinfo's shape: resolve(host, port, type=...) -> [(family, type, proto, _, sockaddr)]
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
@@ -63,10 +64,6 @@ _BLOCKED = tuple(
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # IPv4-translated (RFC 2765 SIIT): ::ffff:0:a.b.c.d reaches a.b.c.d through a translator.
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
-
-
-class AddressRefused(FetchError):
-    """The URL points at an address the policy forbids. Permanent: never retried."""
 
 
 def is_public_address(address: str) -> bool:
@@ -222,8 +219,9 @@ class _PinnedConnection:
     """Replaces urllib3's socket setup; TLS, SNI and Host headers still use the hostname."""
 
     guard: ClassVar[AddressGuard]
-    # Reads the answer through the current exchange's byte budgets.
-    response_class = exchange.MeteredResponse
+    # Reads the answer through the current exchange's byte budgets. Typed as in
+    # http.client.HTTPConnection, which the classes below also inherit it from.
+    response_class: type[http.client.HTTPResponse] = exchange.MeteredResponse
 
     def _new_conn(self) -> socket.socket:
         conn: Any = self  # the urllib3 HTTPConnection this is mixed into
@@ -257,6 +255,7 @@ class _PinnedConnection:
         if current is not None:
             # A kept-alive connection brings its socket: it gets this exchange's deadline too.
             current.sending(getattr(self, "sock", None))
+        # A mixin: the next class in the MRO (urllib3's HTTPConnection) has request().
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,12 @@ def completion_event(
         "output_csv_url": output_csv_url,
         "error": record.error,
     }
+
+
+def event_body(event: dict[str, Any]) -> bytes:
+    """An event's exact bytes, the same on every webhook attempt, before and after
+    restarts (what is signed), and on NATS: keys sorted, no spaces."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
 
 
 def secret_key(secret: str) -> bytes:

@@ -9,7 +9,7 @@ objects nobody can find any more.
 
 from __future__ import annotations
 
-from pipeline.errors import Conflict, RequestNotFound
+from pipeline.errors import NotFinished, RequestNotFound
 from pipeline.keys import request_prefix
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
@@ -18,7 +18,7 @@ from pipeline.storage import Storage
 def remove_request(store: RecordStore, storage: Storage, request_id: str) -> None:
     """Remove a final request's objects, then its records.
 
-    Conflict while the request is unfinished (nothing is removed: cancel it first);
+    NotFinished (a Conflict) while the request is unfinished (nothing is removed: cancel it first);
     RequestNotFound for an unknown id; StorageError or RecordStoreError when a
     backend fails, after which running it again finishes the job.
     """
@@ -34,11 +34,10 @@ def remove_request(store: RecordStore, storage: Storage, request_id: str) -> Non
         raise _still_running(request_id, str(current.status if current else record.status))
 
 
-def _still_running(request_id: str, status: str) -> Conflict:
-    return Conflict(
+def _still_running(request_id: str, status: str) -> NotFinished:
+    return NotFinished(
         f"Request {request_id} is {status}; only a finished request can be deleted. "
         "Cancel it first, and delete it once its status is cancelled.",
         request_id=request_id,
         status=status,
-        title="Request not finished",
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from distributed import Client
 
@@ -20,11 +20,11 @@ from pipeline.clock import utc_now
 from pipeline.cluster import close_client, dashboard_url, start_client
 from pipeline.completion import Completion
 from pipeline.connection import DaskConnection
-from pipeline.csv_input import CsvLimits
-from pipeline.deliveries import Deliveries, parse_schedule
+from pipeline.csv_input import csv_limits
+from pipeline.deliveries import Deliveries
 from pipeline.driver import Driver, lease_owner_id
-from pipeline.fetch import FetchConfig
-from pipeline.hosts import HostPolicy
+from pipeline.fetch import fetch_config
+from pipeline.hosts import host_policy
 from pipeline.links import Links
 from pipeline.models import RequestRecord
 from pipeline.nats_publisher import NatsPublisher
@@ -112,36 +112,6 @@ def open_storage(settings: Settings) -> tuple[Storage, str]:
     return storage, f"storage: {config.url}, outputs served at {storage.url('')}{hint}"
 
 
-def csv_limits(settings: Settings) -> CsvLimits:
-    return replace(
-        CsvLimits(),
-        max_bytes=settings.max_upload_bytes,
-        max_rows=settings.max_rows,
-        max_urls=settings.max_urls,
-    )
-
-
-def fetch_config(settings: Settings) -> FetchConfig:
-    return FetchConfig(
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        total_timeout=settings.total_timeout,
-        max_redirects=settings.max_redirects,
-        max_bytes=settings.max_image_bytes,
-        retries=settings.fetch_retries,
-        backoff=settings.fetch_backoff,
-        allow_private_networks=settings.allow_private_networks,
-    )
-
-
-def host_policy(settings: Settings) -> HostPolicy:
-    return HostPolicy(
-        max_connections=settings.max_connections_per_host,
-        backoff=settings.host_backoff,
-        max_pause=settings.host_pause_max,
-    )
-
-
 def build_services(settings: Settings, *, client: Client | None = None) -> Services:
     """Every component, built and wired but not started (`Services.start()`)."""
     descriptions: dict[str, str] = {}
@@ -176,7 +146,7 @@ def build_services(settings: Settings, *, client: Client | None = None) -> Servi
     deliveries = Deliveries(
         store,
         sender,
-        schedule=parse_schedule(settings.webhook_retry_schedule),
+        schedule=settings.retry_schedule,
         concurrency=settings.webhook_concurrency,
         owner=owner,
         lease_seconds=settings.lease_seconds,

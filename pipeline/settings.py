@@ -11,9 +11,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.options import OptionDefaults, OptionError, check_defaults
+from pipeline.errors import ConfigError, OptionError
+from pipeline.options import (
+    DEFAULT_FORMAT,
+    DEFAULT_QUALITY,
+    OptionDefaults,
+    check_defaults,
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -57,14 +63,12 @@ class Settings:
     dask_dashboard_address: str = ":8787"  # "" disables the dashboard
 
     # Output defaults, for requests that do not choose (README "Output options"):
-    # the format, a quality per format (WebP's and AVIF's give the mean luma SSIM
-    # of JPEG at 50 on the bench corpus: `python -m tests.bench.calibrate`, 200
-    # images: WebP q56 76.1% of JPEG's bytes, AVIF q50 at speed 8 67.6%), and the
-    # box outputs fit inside (0: none).
-    output_format: str = "jpeg"
-    jpeg_quality: int = 50
-    webp_quality: int = 56
-    avif_quality: int = 50
+    # the format, a quality per format (pipeline/options.py says how WebP's and
+    # AVIF's were calibrated), and the box outputs fit inside (0: none).
+    output_format: str = DEFAULT_FORMAT
+    jpeg_quality: int = DEFAULT_QUALITY["jpeg"]
+    webp_quality: int = DEFAULT_QUALITY["webp"]
+    avif_quality: int = DEFAULT_QUALITY["avif"]
     max_width: int = 0
     max_height: int = 0
 
@@ -151,7 +155,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}  # each parsed to its field's type by _parse
         for f in fields(cls):
             raw = env.get(f.name.upper())
             if raw is None:
@@ -165,6 +169,11 @@ class Settings:
     def env_names(cls) -> frozenset[str]:
         """Every environment variable this object reads (used to check compose files)."""
         return frozenset(f.name.upper() for f in fields(cls))
+
+    @property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SCHEDULE as seconds (checked by `validate`)."""
+        return parse_schedule(self.webhook_retry_schedule)
 
     def option_defaults(self) -> OptionDefaults:
         return OptionDefaults(
@@ -210,13 +219,11 @@ class Settings:
             raise ConfigError("HOST_BACKOFF and HOST_PAUSE_MAX must be 0 or more")
         self._validate_api_protection()
         try:
-            delays = [float(p) for p in self.webhook_retry_schedule.split(",") if p.strip()]
+            parse_schedule(self.webhook_retry_schedule)
         except ValueError:
-            delays = []
-        if not delays or min(delays) < 0:
             raise ConfigError(
                 "WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 5,30,120"
-            )
+            ) from None
         if self.webhook_concurrency < 1:
             raise ConfigError("WEBHOOK_CONCURRENCY must be at least 1")
 
@@ -299,3 +306,17 @@ def _parse(name: str, raw: str, default: object) -> object:
     except ValueError as exc:
         kind = type(default).__name__
         raise ConfigError(f"{name.upper()}={raw!r} is not a valid {kind}") from exc
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """ "5,30,120" -> (5.0, 30.0, 120.0); ValueError unless non-negative seconds."""
+    delays = tuple(float(part) for part in text.split(",") if part.strip())
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError("a comma-separated list of non-negative seconds")
+    return delays
+
+
+# Every setting's default, for the value objects built from Settings (FetchConfig,
+# CsvLimits, HostPolicy, JobSpec, `transform.compress`): their defaults are these,
+# so each is written once, above.
+DEFAULTS = Settings()

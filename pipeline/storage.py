@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote
@@ -20,12 +20,12 @@ from urllib.parse import quote
 import fsspec
 from fsspec.core import url_to_fs
 
-from pipeline.errors import ConfigError, StorageError
+from pipeline.errors import ConfigError, ObjectNotFound, StorageError
 from pipeline.keys import PUBLIC_KEY_PATTERN
 
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
-# The only objects anyone with a link may read: output images (models.output_key).
+# The only objects anyone with a link may read: output images (keys.output_key).
 # A request's input CSV, manifest and output CSV stay private: the API serves the
 # output CSV to the request's owner (API_KEYS). With OUTPUT_URL_MODE=public the
 # bucket grants anonymous reads on this pattern only (`public_read_policy`); S3
@@ -67,6 +67,23 @@ class Storage:
             raise ConfigError(
                 f"set PUBLIC_BASE_URL: there is no default public URL for {protocol}:// storage"
             )
+        self._failures = _library_errors(protocol)
+
+    @contextlib.contextmanager
+    def _boundary(self, doing: str, *, reading: bool = True) -> Iterator[None]:
+        """The storage boundary: what the filesystem library raises becomes ours.
+
+        A missing object read is `ObjectNotFound`; anything else the library or
+        the OS raises (gone, full, read-only, unreachable) is a `StorageError`,
+        the original as its cause. A write that finds no parent fails the storage.
+        """
+        try:
+            yield
+        except FileNotFoundError as exc:
+            kind = ObjectNotFound if reading else StorageError
+            raise kind(f"could not {doing}: {exc}") from exc
+        except self._failures as exc:
+            raise StorageError(f"could not {doing}: {exc}") from exc
 
     @property
     def is_local(self) -> bool:
@@ -82,12 +99,10 @@ class Storage:
         # S3 would serve it as binary/octet-stream: a browser opening an output URL
         # would download the image instead of showing it.
         extra = {"ContentType": content_type} if content_type and self.is_s3 else {}
-        try:
+        with self._boundary(f"write {key}", reading=False):
             if self.is_local:
                 self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
             self.fs.pipe_file(self.path(key), data, **extra)
-        except OSError as exc:
-            raise StorageError(f"could not write {key}: {exc}") from exc
 
     def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
         """Write a large object without holding it in memory.
@@ -98,25 +113,23 @@ class Storage:
         """
         partial = f"{key}.partial-{uuid.uuid4().hex}"
         try:
-            with self.open(partial, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-            self.move(partial, key)
-        except BaseException as exc:
+            with self._boundary(f"write {key}", reading=False):
+                with self.open(partial, "wb") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                self.move(partial, key)
+        except BaseException:
             with contextlib.suppress(StorageError):
                 self.delete(partial)
-            if isinstance(exc, OSError):
-                raise StorageError(f"could not write {key}: {exc}") from exc
             raise
 
     def delete(self, key: str) -> None:
         """Remove one object; one that is not there is not an error."""
         try:
-            self.fs.rm_file(self.path(key))
-        except FileNotFoundError:
+            with self._boundary(f"delete {key}"):
+                self.fs.rm_file(self.path(key))
+        except ObjectNotFound:
             return
-        except OSError as exc:
-            raise StorageError(f"could not delete {key}: {exc}") from exc
 
     def probe(self) -> None:
         """Write and remove a small object under a fresh name: StorageError when the
@@ -127,46 +140,38 @@ class Storage:
         self.delete(key)
 
     def get(self, key: str) -> bytes:
-        try:
+        """ObjectNotFound for a missing object; StorageError when the storage fails."""
+        with self._boundary(f"read {key}"):
             return self.fs.cat_file(self.path(key))
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"could not read {key}: {exc}") from exc
 
     def open(self, key: str, mode: str = "rb") -> IO[bytes]:
-        """FileNotFoundError for a missing object; StorageError when the storage fails."""
-        try:
+        """ObjectNotFound for a missing object; StorageError when the storage fails.
+
+        (Errors while reading or writing the file object itself are the caller's:
+        they are OSErrors, which `errors.backend_unavailable` knows.)"""
+        with self._boundary(f"open {key}", reading="r" in mode):
             if "w" in mode and self.is_local:
                 self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
             return self.fs.open(self.path(key), mode)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"could not open {key}: {exc}") from exc
 
     def move(self, source: str, target: str) -> None:
         """Rename an object (atomic on local files; copy then delete on object stores,
         where the target still appears whole or not at all)."""
-        try:
+        with self._boundary(f"move {source} to {target}", reading=False):
             self.fs.mv(self.path(source), self.path(target))
-        except OSError as exc:
-            raise StorageError(f"could not move {source} to {target}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        with self._boundary(f"look for {key}"):
+            return bool(self.fs.exists(self.path(key)))
 
     def size(self, key: str) -> int:
-        return int(self.fs.size(self.path(key)))
+        with self._boundary(f"stat {key}"):
+            return int(self.fs.size(self.path(key)))
 
     def stamp(self, key: str) -> str:
         """What tells this version of an object from a rewrite: size and mtime or ETag."""
-        try:
+        with self._boundary(f"stat {key}"):
             info = self.fs.info(self.path(key))
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"could not stat {key}: {exc}") from exc
         version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
         return f"{info.get('size')}:{version}"
 
@@ -182,16 +187,16 @@ class Storage:
             raise StorageError(f"refusing to delete storage prefix {prefix!r}")
         key = "/".join(parts)
         try:
-            self.fs.rm(self.path(key), recursive=True)
-        except FileNotFoundError:
+            with self._boundary(f"delete {key}/"):
+                self.fs.rm(self.path(key), recursive=True)
+        except ObjectNotFound:
             return
-        except OSError as exc:
-            raise StorageError(f"could not delete {key}/: {exc}") from exc
 
     def url(self, key: str) -> str:
         """The URL of a stored object, as users will fetch it."""
         if self.config.url_mode == "presigned":
-            return self.fs.sign(self.path(key), expiration=self.config.presign_expires)
+            with self._boundary(f"sign a URL for {key}", reading=False):
+                return str(self.fs.sign(self.path(key), expiration=self.config.presign_expires))
         base = self.config.public_base_url.rstrip("/")
         if base:
             return f"{base}/{quote(key)}"
@@ -202,6 +207,18 @@ class Storage:
         if endpoint:
             return f"{endpoint.rstrip('/')}/{bucket}/{quote(path)}"
         return f"https://{bucket}.s3.amazonaws.com/{quote(path)}"
+
+
+def _library_errors(protocol: str) -> tuple[type[Exception], ...]:
+    """What a failing store raises through its fsspec library: OSErrors, and for S3
+    botocore's own errors too, which s3fs passes on untranslated when S3 never
+    answered (an endpoint refusing connections, no credentials, a timeout)."""
+    if protocol in ("s3", "s3a"):
+        # Loaded already: s3fs, which url_to_fs imported for this protocol, needs it.
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return (OSError, BotoCoreError, ClientError)
+    return (OSError,)
 
 
 @functools.lru_cache(maxsize=8)

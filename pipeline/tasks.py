@@ -22,15 +22,10 @@ from pipeline.csv_input import CsvLimits, parse_products
 from pipeline.errors import FetchError, ImageRejected, StorageError
 from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.hosts import HostPolicy, limiter_for
-from pipeline.keys import (  # noqa: F401 (output_csv_key: importable from here too)
-    cancel_marker_key,
-    input_csv_key,
-    manifest_key,
-    output_csv_key,
-    output_key,
-)
+from pipeline.keys import cancel_marker_key, input_csv_key, manifest_key, output_key
 from pipeline.models import ImageItem, ImageResult, image_items
 from pipeline.options import DEFAULT_OPTIONS, OutputOptions
+from pipeline.settings import DEFAULTS
 from pipeline.storage import Storage, StorageConfig, storage_for
 from pipeline.transform import compress
 from pipeline.worker_memory import tune_allocator
@@ -44,9 +39,9 @@ class JobSpec:
     storage: StorageConfig
     fetch: FetchConfig
     options: OutputOptions = DEFAULT_OPTIONS
-    max_pixels: int = 50_000_000
-    max_image_memory: int = 0  # 0: the budget image_plan derives from max_pixels
-    fetch_concurrency: int = 16
+    max_pixels: int = DEFAULTS.max_pixels
+    max_image_memory: int = DEFAULTS.max_image_memory  # 0: derived from max_pixels
+    fetch_concurrency: int = DEFAULTS.fetch_concurrency
     hosts: HostPolicy = field(default_factory=HostPolicy)
 
 
@@ -134,7 +129,7 @@ class CancelCheck:
         if not self._cancelled and now - self._checked_at >= self.interval:
             self._checked_at = now
             # Storage trouble: keep going; the image's own write will report it.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(StorageError):
                 self._cancelled = self.storage.exists(self.key)
         return self._cancelled
 

@@ -25,6 +25,7 @@ from pipeline import image_plan
 from pipeline.errors import ImageRejected
 from pipeline.image_plan import Header, Route
 from pipeline.options import DEFAULT_OPTIONS, MAX_QUALITY, MIN_QUALITY, OutputOptions, fit_inside
+from pipeline.settings import DEFAULTS
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -44,6 +45,13 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 # SSIM (python -m tests.bench.calibrate): speed 8 takes 211 ms of CPU an image for
 # 67.6% of JPEG q50's bytes, speed 6 614 ms for 59.6%; 8 keeps AVIF usable.
 AVIF_SPEED = 8
+# Resizing as Pillow's own thumbnail() does: `reducing_gap` first shrinks by whole
+# factors with a box filter (cheap), leaving bicubic at most 2x to do. Measured on
+# 60 bench-corpus JPEGs fitted into 512x512 after a draft decode, against Lanczos
+# from the full-size decode: mean SSIM 0.9855 in 3.5 ms, Lanczos (gap 3) 0.9878 in
+# 4.8 ms, bilinear 0.9757 in 2.2 ms.
+RESIZE_FILTER = Image.Resampling.BICUBIC
+REDUCING_GAP = 2.0
 # The ICC colour-space signature (header bytes 16-20) that fits each output mode.
 _ICC_SPACE = {"RGB": b"RGB ", "L": b"GRAY"}
 _SIGNATURES = {
@@ -69,7 +77,7 @@ def compress(
     data: bytes,
     options: OutputOptions = DEFAULT_OPTIONS,
     *,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = DEFAULTS.max_pixels,
     max_memory: int | None = None,
 ) -> Compressed:
     """Decode `data` (format sniffed, never trusted), make it upright, RGB or L, fit it
@@ -192,10 +200,7 @@ def _draft(im: Image.Image, header: Header, size: tuple[int, int]) -> None:
 def _resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     if im.size == size:
         return im
-    # Lanczos, as image tools resize photos; `reducing_gap` first shrinks by whole
-    # factors with a box filter (cheap), leaving Lanczos at most 3x to do, with
-    # no visible difference from Lanczos all the way.
-    resized = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    resized = im.resize(size, RESIZE_FILTER, reducing_gap=REDUCING_GAP)
     im.close()
     return resized
 
@@ -323,7 +328,9 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
             # Built per call: LittleCMS profile handles are not safe to share
             # between threads, and creating sRGB takes microseconds.
             srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-            return ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")  # type: ignore[return-value]
+            rgb = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
+            if rgb is not None:  # always, as inPlace is False (it returns None in place)
+                return rgb
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # an unusable profile should not cost the image; use Pillow's formula
     return im.convert("RGB")

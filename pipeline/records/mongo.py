@@ -207,7 +207,11 @@ class MongoRecordStore:
         owner: str | None = None,
     ) -> bool:
         at = _aware(at)
-        fields = {"status": RequestStatus(status).value, "completed_at": at, "updated_at": at}
+        fields: dict[str, Any] = {
+            "status": RequestStatus(status).value,
+            "completed_at": at,
+            "updated_at": at,
+        }
         fields |= {"output_key": output_key, "error": error, "waiting_reason": None}
         if webhook is not None:
             fields["webhook"] = webhook  # one document update: both or neither
@@ -486,7 +490,7 @@ class MongoRecordStore:
 
     @_wrap_errors()
     def failure_summary(self, request_id: str, limit: int = 20) -> list[ReasonCount]:
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"request_id": request_id, "status": ImageStatus.FAILED.value}},
             {
                 "$group": {

@@ -239,7 +239,11 @@ class SqliteRecordStore:
         webhook: dict[str, Any] | None = None,
         owner: str | None = None,
     ) -> bool:
-        params = {"status": RequestStatus(status).value, "at": _ts(at), "id": request_id}
+        params: dict[str, str | None] = {
+            "status": RequestStatus(status).value,
+            "at": _ts(at),
+            "id": request_id,
+        }
         params |= {"output_key": output_key, "error": error, "owner": owner}
         params |= {"webhook": None if webhook is None else json.dumps(webhook)}
         sql = (
@@ -448,7 +452,8 @@ class SqliteRecordStore:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[RequestRecord], int]:
-        where, params = ["1"], {"offset": max(offset, 0), "limit": max(limit, 0)}
+        where = ["1"]
+        params: dict[str, int | str] = {"offset": max(offset, 0), "limit": max(limit, 0)}
         if owner is not None:
             where.append("owner = :owner")
             params["owner"] = owner
@@ -610,16 +615,20 @@ class SqliteRecordStore:
             self._local.busy = threading.RLock()
             # isolation_level=None: we issue BEGIN ourselves. check_same_thread=False
             # only so close() and the reaper below can close another thread's connection.
-            options = {"timeout": self.busy_timeout, "isolation_level": None}
+            timeout = self.busy_timeout
             if self._identity is None:  # the first connection: creates the file if need be
-                conn = sqlite3.connect(self.path, check_same_thread=False, **options)
+                conn = sqlite3.connect(
+                    self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+                )
                 self._identity = _file_identity(self.path)
             else:
                 # The file this store opened, before and after: so this connection is
                 # to it. mode=rw: a missing file is an error, not a new empty database.
                 self._check_file()
                 uri = f"{self.path.absolute().as_uri()}?mode=rw"
-                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, **options)
+                conn = sqlite3.connect(
+                    uri, timeout=timeout, isolation_level=None, check_same_thread=False, uri=True
+                )
                 self._check_file()
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")

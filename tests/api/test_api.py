@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from urllib3 import encode_multipart_formdata
 
-from pipeline.models import ImageItem, ImageResult, RequestStatus, output_key
+from pipeline.keys import output_key
+from pipeline.models import ImageItem, ImageResult, RequestStatus
 from tests.api.support import GOOD_CSV, T0, upload
 
 

@@ -15,6 +15,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from falcon import testing
 from fsspec.implementations.local import LocalFileSystem
 
@@ -22,12 +23,12 @@ from pipeline.completion import Completion
 from pipeline.deliveries import Deliveries
 from pipeline.errors import RecordStoreError
 from pipeline.health import Backends
+from pipeline.keys import output_csv_key, output_key
 from pipeline.links import Links
-from pipeline.models import ImageItem, ImageResult, NewRequest, RequestStatus, output_key
+from pipeline.models import ImageItem, ImageResult, NewRequest, RequestStatus
 from pipeline.notify import WebhookSender
 from pipeline.records import SqliteRecordStore
 from pipeline.storage import Storage
-from pipeline.tasks import output_csv_key
 from tests.api.support import GOOD_CSV, T0, make_client, stored_files, upload
 
 IMAGES = [
@@ -167,6 +168,39 @@ def test_output_csv_with_storage_gone_is_503(client, store, storage, settings):
     rid = finished_without_csv(client, store, storage)
     break_storage(settings.data_dir / "objects")
     assert_unavailable(client.simulate_get(f"/api/v1/output/{rid}.csv"), "storage")
+
+
+class UnreachableS3(LocalFileSystem):
+    """S3 whose endpoint refuses connections, as s3fs reports it: botocore's own
+    error, passed on untranslated (no OSError), once the request is recorded."""
+
+    protocol = ("s3", "s3a")
+
+    def _open(self, path, mode="rb", **kwargs):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
+
+
+def test_output_csv_and_upload_with_s3_unreachable_are_503_not_500(
+    client, store, storage, settings, runner
+):
+    rid = processed(client, store, storage)
+    store.finish(rid, RequestStatus.COMPLETED, T0, output_key=output_csv_key(rid))
+    unreachable = Storage(storage.config, fs=UnreachableS3(skip_instance_cache=True))
+    s3_client = make_client(settings, store, unreachable, runner)
+
+    assert_unavailable(s3_client.simulate_get(f"/api/v1/output/{rid}.csv"), "storage")
+    assert_unavailable(upload(s3_client, GOOD_CSV), "storage")
+    assert store.list_requests()[1] == 1  # the first upload only
+
+
+def test_output_csv_is_404_for_an_unknown_request_and_409_before_it_finishes(client):
+    assert client.simulate_get(f"/api/v1/output/{'e' * 32}.csv").json == {
+        "title": "Request not found",
+        "description": f"There is no request with id {'e' * 32!r}.",
+    }
+    rid = upload(client, GOOD_CSV).json["request_id"]
+    unfinished = client.simulate_get(f"/api/v1/output/{rid}.csv")
+    assert (unfinished.status_code, unfinished.json["title"]) == (409, "Not ready")
 
 
 # -- /health -------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.models import ImageItem, ImageResult, NewRequest, output_key
+from pipeline.keys import output_key
+from pipeline.models import ImageItem, ImageResult, NewRequest
 from tests.api.support import T0, RecordingRunner, make_client
 
 ROWS = 60  # products, two images each

@@ -24,12 +24,12 @@ from schemathesis.checks import (
 from api import openapi
 from api.app import create_app
 from pipeline.csv_output import FAILURE_COLUMNS
+from pipeline.keys import output_key
 from pipeline.models import (
     ImageItem,
     ImageResult,
     RequestRecord,
     RequestStatus,
-    output_key,
 )
 from pipeline.notify import completion_event, signed_headers
 from pipeline.options import FIELDS, FORMATS, MAX_SIDE, OptionDefaults

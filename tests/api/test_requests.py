@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.models import ImageItem, ImageResult, NewRequest, RequestStatus, output_key
+from pipeline.keys import output_key
+from pipeline.models import ImageItem, ImageResult, NewRequest, RequestStatus
 from pipeline.storage import Storage
 from tests.api.support import GOOD_CSV, T0, make_client, upload
 

@@ -15,17 +15,12 @@ from api import errors
 from api.auth import ApiKeys, RequireApiKey, owner_id
 from api.limits import is_image_path, rate_limits
 from api.requests import Requests
-from api.thumbnails import (
-    BOX,
-    THUMBNAIL_ROUTE,
-    Thumbnails,
-    make_thumbnail,
-    thumbnail_path,
-)
+from api.thumbnails import THUMBNAIL_ROUTE, Thumbnails, thumbnail_path
 from pipeline.errors import ConfigError
 from pipeline.keys import output_key, thumbnail_key
 from pipeline.models import ImageItem, ImageResult, NewRequest
 from pipeline.storage import Storage
+from pipeline.thumbnails import BOX, make_thumbnail
 from tests import imagefactory as images
 from tests.api.support import T0, FakeMonotonic
 

@@ -22,7 +22,7 @@ import pytest
 from distributed import Client
 from PIL import Image
 
-from pipeline.models import output_key
+from pipeline.keys import output_key
 from tests.integration.dask_cli import DaskCliCluster
 from tests.integration.flows import (
     JPEG,

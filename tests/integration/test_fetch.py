@@ -12,8 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from pipeline.errors import ConfigError, FetchError
-from pipeline.fetch import FetchConfig, Fetcher
-from pipeline.service import fetch_config
+from pipeline.fetch import FetchConfig, Fetcher, fetch_config
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration

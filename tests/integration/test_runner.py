@@ -10,10 +10,10 @@ import pytest
 from distributed import Client, LocalCluster
 from PIL import Image
 
-from pipeline import manifest
 from pipeline.batch import run_csv
 from pipeline.csv_input import parse_products
 from pipeline.deliveries import Deliveries
+from pipeline.keys import input_csv_key, manifest_key, output_key
 from pipeline.models import (
     ImageResult,
     ImageStatus,
@@ -21,14 +21,12 @@ from pipeline.models import (
     RequestStatus,
     image_items,
     iso,
-    output_key,
 )
 from pipeline.notify import WebhookSender
 from pipeline.options import OptionError, OutputOptions
 from pipeline.outputs import csv_chunks as stored_csv_chunks
 from pipeline.service import build_services
 from pipeline.settings import Settings
-from pipeline.tasks import input_csv_key
 from tests import imagefactory as images
 
 pytestmark = pytest.mark.integration
@@ -109,7 +107,7 @@ def test_resume_redoes_only_images_without_a_result(services, image_server, webh
     assert image_server.hits.get("/0/a.jpg") is None and image_server.hits.get("/2/b.png") is None
     assert all(image_server.hits[p] == 1 for p in ("/0/b.png", "/1/a.jpg", "/1/b.png", "/2/a.jpg"))
     assert services.storage.exists(output_key(rid, 1, 1))
-    assert services.storage.exists(manifest.manifest_key(rid))
+    assert services.storage.exists(manifest_key(rid))
     assert webhook_receiver.wait_for(1)[0]["body"]["request_id"] == rid
 
 
@@ -123,7 +121,7 @@ def test_whole_request_failure_is_recorded_and_notified(services, webhook_receiv
     assert services.driver.wait(rid, timeout=60)
     record = services.store.get_request(rid)
     assert record.status is RequestStatus.FAILED
-    assert "FileNotFoundError" in record.error
+    assert "ObjectNotFound" in record.error and "input.csv" in record.error
     event = webhook_receiver.wait_for(1)[0]["body"]
     assert (event["request_id"], event["status"], event["output_csv_url"]) == (rid, "failed", None)
 

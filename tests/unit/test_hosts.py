@@ -21,12 +21,12 @@ from pipeline.hosts import (
     allowed_now,
     answered,
     host_key,
+    host_policy,
     is_idle,
     limiter_for,
     parse_retry_after,
     started,
 )
-from pipeline.service import host_policy
 from pipeline.settings import Settings
 
 POLICY = HostPolicy(max_connections=4, backoff=1.0, max_pause=60.0)

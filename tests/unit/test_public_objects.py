@@ -7,10 +7,14 @@ from fnmatch import fnmatchcase
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.manifest import manifest_key
-from pipeline.models import output_key
+from pipeline.keys import (
+    cancel_marker_key,
+    input_csv_key,
+    manifest_key,
+    output_csv_key,
+    output_key,
+)
 from pipeline.storage import PUBLIC_KEY_PATTERN, public_read_policy
-from pipeline.tasks import cancel_marker_key, input_csv_key, output_csv_key
 
 RID = "0123456789abcdef0123456789abcdef"
 

@@ -1,11 +1,13 @@
-"""Storage.delete_prefix on real local storage: what goes, what stays, what is refused."""
+"""Storage on real local storage: what delete_prefix removes, keeps and refuses; what
+the storage boundary turns the filesystem library's errors into."""
 
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.errors import StorageError
+from pipeline.errors import ObjectNotFound, StorageError
 from pipeline.storage import Storage, storage_config
 
 RID = "a" * 32
@@ -78,3 +80,63 @@ def test_backend_failures_are_storage_errors(tmp_path):
         storage.delete_prefix(f"requests/{RID}/")
     assert isinstance(caught.value.__cause__, PermissionError)
     assert objects(tmp_path) == [f"requests/{RID}/input.csv"]
+
+
+# -- the storage boundary: a missing object, a failing store -------------------------
+
+
+def test_a_missing_object_is_object_not_found_wherever_it_is_read(storage):
+    key = f"requests/{RID}/output.csv"
+    for read in (storage.get, storage.open, storage.stamp, storage.size):
+        with pytest.raises(ObjectNotFound, match=f"could not .* {key}") as caught:
+            read(key)
+        assert isinstance(caught.value.__cause__, FileNotFoundError)
+    storage.delete(key)  # removing what is not there is not an error
+
+
+def test_a_store_that_is_gone_is_a_storage_error_not_a_missing_object(tmp_path):
+    storage = Storage(storage_config(f"file://{tmp_path}/objects", ""))
+    (tmp_path / "objects").write_bytes(b"not a directory\n")  # every path below fails
+    key = f"requests/{RID}/output.csv"
+    for call in (
+        lambda: storage.get(key),
+        lambda: storage.open(key),
+        lambda: storage.put(key, b"x"),
+        lambda: storage.put_chunks(key, [b"x"]),
+    ):
+        with pytest.raises(StorageError) as caught:
+            call()
+        assert not isinstance(caught.value, ObjectNotFound)
+
+
+class UnreachableS3(LocalFileSystem):
+    """S3 whose endpoint refuses connections, as s3fs reports it: botocore's own
+    error, passed on untranslated (it is no OSError)."""
+
+    protocol = ("s3", "s3a")
+
+    def _open(self, path, mode="rb", **kwargs):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
+
+    def info(self, path, **kwargs):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
+
+
+def unreachable_s3(tmp_path) -> Storage:
+    return Storage(
+        storage_config(f"file://{tmp_path}/objects", ""), fs=UnreachableS3(skip_instance_cache=True)
+    )
+
+
+def test_the_s3_librarys_own_errors_are_storage_errors(tmp_path):
+    storage = unreachable_s3(tmp_path)
+    key = f"requests/{RID}/input.csv"
+    for call in (
+        lambda: storage.get(key),
+        lambda: storage.open(key),
+        lambda: storage.stamp(key),
+        lambda: storage.put(key, b"x"),
+    ):
+        with pytest.raises(StorageError, match="Could not connect") as caught:
+            call()
+        assert isinstance(caught.value.__cause__, EndpointConnectionError)
