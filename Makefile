@@ -44,18 +44,35 @@ system-deps:
 SECANTUS_VENV ?= .venv-secantus
 SECANTUSDB     = secantusdb>=0.7.0b3,<0.8
 
+# A tool in a virtualenv of its own, never a project dependency: $(call tool_venv,DIR,REQUIREMENT)
+define tool_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet '$(2)'
+	touch $(1)/.installed
+endef
+
 $(SECANTUS_VENV)/.installed:
-	$(PYTHON) -m venv $(SECANTUS_VENV)
-	$(SECANTUS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SECANTUS_VENV)/bin/python -m pip install --quiet '$(SECANTUSDB)'
-	touch $@
+	$(call tool_venv,$(SECANTUS_VENV),$(SECANTUSDB))
 
 secantusdb: $(SECANTUS_VENV)/.installed
 
-test: system-deps $(VENV)/.installed-test $(SECANTUS_VENV)/.installed
+test: typecheck system-deps $(VENV)/.installed-test $(SECANTUS_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-test
+# The layers that start no server (unit, the API through Falcon's TestClient, the
+# record store contract on SQLite), in about 30 s: for the edit-test loop.
+.PHONY: test-fast
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m 'not integration' tests/unit tests/api tests/contract $(PYTEST_ARGS)
+
+# mypy, configured in pyproject.toml ([tool.mypy]): 25-40 s from a fresh clone (2 cores),
+# under a second once .mypy_cache/ holds the last run.
+.PHONY: typecheck
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+lint: typecheck $(VENV)/.installed-test
 	$(BIN)/ruff check pipeline api tests
 	$(BIN)/ruff format --check pipeline api tests
 
@@ -64,7 +81,7 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix pipeline api tests
 
 clean:
-	rm -rf $(VENV) $(SECANTUS_VENV) data .pytest_cache
+	rm -rf $(VENV) $(SECANTUS_VENV) $(IMG2DATASET_VENV) data .pytest_cache .mypy_cache
 
 # The MongoDB tests against a real mongod instead of SecantusDB: the contract
 # suite's mongodb leg, and the tests with several API processes on one store.
@@ -79,12 +96,22 @@ test-mongo: $(VENV)/.installed-test
 	if [ -z "$$uri" ]; then echo "set MONGODB_URI to a real mongod (or MONGO_COMPOSE=1)"; exit 2; fi; \
 	MONGODB_URI="$$uri" $(BIN)/python -m pytest $(MONGO_TESTS) -k '$(MONGO_SELECT)' $(PYTEST_ARGS)
 
-# Throughput against the compute floor (issue 7) and fair sharing between
-# requests (issue 11); not a test. Quick runs: BENCH_ARGS="--legs throughput --sizes 1000"
-# or BENCH_ARGS="--legs fairness --fairness-big 3000". Results: bench-results/bench-*.json
+# Throughput against the compute floor (issue 7), fair sharing between requests
+# (issue 11), output formats and resizing against img2dataset (issue 13); not a
+# test. All legs: ~40 min on 2 cores. Quick runs: BENCH_ARGS="--legs throughput --sizes 1000",
+# "--legs fairness --fairness-big 3000", "--legs formats,resize512" (4 min); every leg
+# and flag in tests/bench/__main__.py. Results: bench-results/bench-*.json
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
-bench: $(VENV)/.installed-bench
-	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+# img2dataset, the resize512 leg's reference (issue 13): a bench tool only, in its
+# own venv (it pulls OpenCV, albumentations, wandb...), run as a subprocess.
+IMG2DATASET_VENV ?= .venv-img2dataset
+IMG2DATASET       = img2dataset>=1.47,<2
+
+$(IMG2DATASET_VENV)/.installed:
+	$(call tool_venv,$(IMG2DATASET_VENV),$(IMG2DATASET))
+
+bench: $(VENV)/.installed-bench $(IMG2DATASET_VENV)/.installed
+	$(BIN)/python -m tests.bench --img2dataset-venv $(IMG2DATASET_VENV) $(BENCH_ARGS)

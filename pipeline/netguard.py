@@ -123,18 +123,6 @@ def _spellings(host: str) -> set[str]:
     return forms
 
 
-def check_url(url: str, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo) -> None:
-    """Raise FetchError unless `url` is http(s) to a host whose every address is allowed.
-
-    A courtesy check for a clear early error; the guarantee comes from
-    fetching through `guarded_pool`, which checks the address it connects to.
-    """
-    _scheme, host, port = validate_url(url)
-    if allow_private:
-        return
-    AddressGuard(allow_private=allow_private, resolve=resolve).resolve(host, port)
-
-
 class AddressGuard:
     """Resolve once, refuse forbidden addresses, connect only to what was checked."""
 

@@ -164,10 +164,6 @@ class Storage:
         with self._boundary(f"look for {key}"):
             return bool(self.fs.exists(self.path(key)))
 
-    def size(self, key: str) -> int:
-        with self._boundary(f"stat {key}"):
-            return int(self.fs.size(self.path(key)))
-
     def stamp(self, key: str) -> str:
         """What tells this version of an object from a rewrite: size and mtime or ETag."""
         with self._boundary(f"stat {key}"):

@@ -1,8 +1,20 @@
 """Run the benchmark: `make bench`, or `python -m tests.bench` with the legs and sizes wanted.
 
-    python -m tests.bench                                  both legs, full sizes
-    python -m tests.bench --legs throughput --sizes 1000   a quick throughput run
-    python -m tests.bench --legs fairness --fairness-big 3000   a quick fairness run
+    python -m tests.bench                                  every leg, full sizes (~40 min)
+    python -m tests.bench --legs throughput --sizes 1000   a quick throughput run (~1 min)
+    python -m tests.bench --legs fairness --fairness-big 3000   a quick fairness run (~2 min)
+    python -m tests.bench --legs formats                   output formats (~1.5 min)
+    python -m tests.bench --legs resize512                 ours vs img2dataset at 512 (~2.5 min)
+    python -m tests.bench --legs resize512 --resize-images 300 --resize-repeats 1   (~40 s)
+    python -m tests.bench.calibrate                        the WebP/AVIF quality calibration
+                                                           (not a leg: ~35 min, see calibrate.py)
+
+Times are for a 2-core machine; the full run is mostly the throughput leg's 100k
+request (~17 min) and the fairness leg (9-13 min).
+
+`make bench BENCH_ARGS="--legs formats,resize512"` runs the same through make,
+which also builds the img2dataset venv the resize512 leg needs. The legs run one
+after another, never at once (the machine's cores are the thing measured).
 
 throughput (issue 7): for each size N, start the real service (waitress +
 LocalCluster, embedded defaults), upload a CSV of N image URLs served from a
@@ -12,6 +24,12 @@ images.
 
 fairness (issue 11, fairness.py): small requests uploaded while a big one
 runs, against each one alone on the same service.
+
+formats (issue 13, formats.py): jpeg, webp and avif at the server's default
+qualities over the corpus: bytes, mean luma SSIM against the source, CPU ms.
+
+resize512 (issue 13, resize.py): the service with max_width=max_height=512
+against img2dataset on the same URLs, and a bare-Pillow floor for the resize.
 
 Prints tables and the targets judged, and writes JSON.
 """
@@ -32,12 +50,13 @@ from pathlib import Path
 import psutil
 import urllib3
 
-from tests.bench import corpus, fairness, floor
+from tests.bench import corpus, fairness, floor, formats, resize
 from tests.bench.imagehost import ImageHost
 from tests.integration.service import Service
 from tests.servers import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
+LEGS = ("throughput", "fairness", "formats", "resize512")
 
 
 class RssMonitor(threading.Thread):
@@ -244,7 +263,9 @@ def verdicts(results: list[dict]) -> list[tuple[str, bool | None, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
-    parser.add_argument("--legs", default="throughput,fairness", help="throughput, fairness")
+    parser.add_argument(
+        "--legs", default=",".join(LEGS), help=f"comma-separated, of: {', '.join(LEGS)}"
+    )
     parser.add_argument("--sizes", default="1000,10000,100000", help="throughput leg's requests")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per image request")
     parser.add_argument("--pollers", type=int, default=50)
@@ -262,17 +283,28 @@ def main() -> None:
     parser.add_argument(
         "--fairness-medium", type=int, default=2, help="100-image requests during the big one"
     )
+    parser.add_argument("--webp-quality", type=int, help="formats leg (default: OptionDefaults)")
+    parser.add_argument("--avif-quality", type=int, help="formats leg (default: OptionDefaults)")
+    parser.add_argument("--resize-images", type=int, default=2000, help="resize512 leg's request")
+    parser.add_argument("--resize-repeats", type=int, default=3, help="resize512 runs per side")
+    parser.add_argument(
+        "--img2dataset-venv", type=Path, default=ROOT / ".venv-img2dataset", help="resize512 leg"
+    )
     parser.add_argument("--corpus", type=int, default=120, help="distinct images")
     parser.add_argument("--timeout", type=float, default=7200)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
     legs = set(args.legs.split(","))
-    if not legs or legs - {"throughput", "fairness"}:
-        parser.error(f"--legs: throughput, fairness or both, not {args.legs!r}")
+    if not legs or legs - set(LEGS):
+        parser.error(f"--legs: any of {', '.join(LEGS)}, not {args.legs!r}")
+    if "resize512" in legs:
+        resize.img2dataset_bin(args.img2dataset_venv)  # missing: say so before anything runs
 
-    images = corpus.load_or_build(args.out / "corpus", args.corpus)
-    results, fair = [], None
-    with tempfile.TemporaryDirectory() as tmp, ImageHost(args.out / "corpus", args.latency) as host:
+    # One folder per corpus size: the image host serves every file in its folder.
+    folder = args.out / f"corpus-{args.corpus}"
+    images = corpus.load_or_build(folder, args.corpus)
+    results, fair, fmts, resized = [], None, None, None
+    with tempfile.TemporaryDirectory() as tmp, ImageHost(folder, args.latency) as host:
         if "throughput" in legs:
             for n in (int(s) for s in args.sizes.split(",")):
                 result = run_size(n, args, images, host, Path(tmp))
@@ -281,14 +313,27 @@ def main() -> None:
         if "fairness" in legs:
             fair = fairness.run(args, service_env(args), images, host, Path(tmp))
             print(json.dumps(fair), flush=True)
+        if "formats" in legs:
+            fmts = formats.run(args, images)
+            print(json.dumps(fmts), flush=True)
+        if "resize512" in legs:
+            resized = resize.run(args, service_env(args), images, host, Path(tmp))
+            print(json.dumps(resized), flush=True)
     # Only the legs that ran are judged (a leg left out is not a target missed).
-    targets = (verdicts(results) if results else []) + (fairness.verdicts(fair) if fair else [])
+    targets = (
+        (verdicts(results) if results else [])
+        + (fairness.verdicts(fair) if fair else [])
+        + (formats.verdicts(fmts) if fmts else [])
+        + (resize.verdicts(resized) if resized else [])
+    )
     report = {
         "when": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {k: str(v) for k, v in vars(args).items()},
         "results": results,
         "fairness": fair,
+        "formats": fmts,
+        "resize512": resized,
         "targets": [{"target": t, "met": met, "figure": figure} for t, met, figure in targets],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -298,6 +343,10 @@ def main() -> None:
         print_table(results)
     if fair:
         fairness.print_table(fair)
+    if fmts:
+        formats.print_table(fmts)
+    if resized:
+        resize.print_table(resized)
     print()
     for target, met, figure in targets:
         # None: the size was not in this run, or the run's noise leaves it open

@@ -21,8 +21,9 @@ import urllib3
 
 from pipeline.errors import FetchError
 from pipeline.fetch import FetchConfig, Fetcher
-from pipeline.netguard import AddressRefused, check_url, guarded_pool, is_public_address
+from pipeline.netguard import AddressRefused, guarded_pool, is_public_address
 from pipeline.notify import WebhookSender
+from tests.addresses import check_url
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,8 @@ import socket
 import pytest
 
 from pipeline.errors import FetchError
-from pipeline.netguard import AddressRefused, check_url, is_public_address, validate_url
+from pipeline.netguard import AddressRefused, is_public_address, validate_url
+from tests.addresses import check_url
 
 
 def resolver(*addresses):

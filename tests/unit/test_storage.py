@@ -87,7 +87,7 @@ def test_backend_failures_are_storage_errors(tmp_path):
 
 def test_a_missing_object_is_object_not_found_wherever_it_is_read(storage):
     key = f"requests/{RID}/output.csv"
-    for read in (storage.get, storage.open, storage.stamp, storage.size):
+    for read in (storage.get, storage.open, storage.stamp):
         with pytest.raises(ObjectNotFound, match=f"could not .* {key}") as caught:
             read(key)
         assert isinstance(caught.value.__cause__, FileNotFoundError)
