@@ -44,7 +44,9 @@ from pipeline.models import (
     RequestStatus,
 )
 from pipeline.options import OutputOptions
+from pipeline.records.rules import aware_utc as _aware
 from pipeline.records.rules import delivery_due, first_per_image, result_fields
+from pipeline.records.rules import to_ms as _ms
 
 log = logging.getLogger(__name__)
 _DUPLICATE_KEY = 11000
@@ -600,18 +602,6 @@ def _lease_free(kind: str, now: datetime, owner: str | None = None) -> list[dict
     if owner is not None:
         clauses.append({owner_field: owner})
     return clauses
-
-
-def _aware(at: datetime) -> datetime:
-    # pymongo would silently read a naive datetime as UTC; refuse it like the SQLite store.
-    if at.tzinfo is None:
-        raise ValueError(f"naive datetime {at!r}: pass a timezone-aware UTC datetime")
-    return at.astimezone(UTC)
-
-
-def _ms(at: datetime) -> datetime:
-    """The precision BSON keeps; truncated here so what is compared is what is stored."""
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 def _utc(value: datetime) -> datetime:

@@ -33,6 +33,14 @@ def result_fields(result: ImageResult) -> dict[str, Any]:
     }
 
 
+def aware_utc(at: datetime) -> datetime:
+    """`at` in UTC; a naive datetime is refused (pymongo would silently read it as
+    UTC, and SQLite's text could not be compared with the others)."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: pass a timezone-aware UTC datetime")
+    return at.astimezone(UTC)
+
+
 def to_ms(at: datetime) -> datetime:
     """UTC at millisecond precision: what both stores keep (BSON's precision)."""
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)

@@ -40,7 +40,7 @@ from pipeline.models import (
     RequestStatus,
 )
 from pipeline.options import OutputOptions
-from pipeline.records.rules import delivery_due, first_per_image, result_fields
+from pipeline.records.rules import aware_utc, delivery_due, first_per_image, result_fields
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 10.0  # seconds close() waits for a thread's statement to finish
@@ -785,9 +785,7 @@ def _result_params(request_id: str, result: ImageResult) -> dict[str, Any]:
 
 
 def _ts(at: datetime) -> str:
-    if at.tzinfo is None:
-        raise ValueError(f"naive datetime {at!r}: pass a timezone-aware UTC datetime")
-    return at.astimezone(UTC).isoformat(timespec="milliseconds")
+    return aware_utc(at).isoformat(timespec="milliseconds")
 
 
 def _dt(text: str) -> datetime:
