@@ -57,8 +57,15 @@ $(SECANTUS_VENV)/.installed:
 
 secantusdb: $(SECANTUS_VENV)/.installed
 
+# Two pytest processes (pytest-xdist; most tests wait on subprocesses, sleeps and
+# sockets, so two share the 2 cores well), each test module whole on one of them
+# (its shared fixtures start once); then, alone, the tests marked `timing`, which
+# assert how soon something happens and would count the other process's load.
+# Exit status 5 is "nothing selected": a PYTEST_ARGS subset may leave one part empty.
+TEST_WORKERS ?= 2
 test: typecheck system-deps $(VENV)/.installed-test $(SECANTUS_VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope -m 'not timing' $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The layers that start no server (unit, the API through Falcon's TestClient, the
 # record store contract on SQLite), in about 30 s: for the edit-test loop.

@@ -10,6 +10,14 @@ from tests.mongo_server import INSTALL_COMMAND, SECANTUSD, SecantusServer, fresh
 from tests.servers import ImageServer, WebhookReceiver
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test on the session's MongoDB server starts one (SecantusDB) unless MONGODB_URI
+    # names it: an integration test wherever it lives (`make test-fast` leaves it out).
+    for item in items:
+        if "mongodb_uri" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def image_server():
     server = ImageServer().start()

@@ -113,6 +113,9 @@ class HostileHost:
     def drip(self, data: bytes) -> Iterator[bytes]:
         for byte in data:
             if self.stopping.wait(self.pace):
+                # An empty piece, so `_answer` sees the stop: yielding nothing would leave
+                # `while True: yield from host.drip(...)` spinning a core for the session.
+                yield b""
                 return
             yield bytes([byte])
 

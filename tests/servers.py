@@ -135,6 +135,19 @@ class WebhookReceiver(_Base):
                 )
             return list(self.deliveries)
 
+    def delivery_for(self, request_id: str, timeout: float = 60.0) -> dict:
+        """The first delivery about `request_id` (a receiver several tests share)."""
+
+        def first() -> dict | None:
+            return next(
+                (d for d in self.deliveries if d["body"].get("request_id") == request_id), None
+            )
+
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: first() is not None, timeout):
+                raise AssertionError(f"no webhook for {request_id}: {self.deliveries}")
+            return first()
+
 
 class _WebhookHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:

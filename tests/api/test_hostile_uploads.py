@@ -252,7 +252,14 @@ def test_big_cell_under_the_upload_limit_is_named_by_the_csv_check(
     ],
 )
 def test_ordinary_spreadsheet_output_is_accepted(client, data):
-    assert upload(client, data).status_code == 202
+    response = upload(client, data)
+    assert response.status_code == 202, response.json
+    # Read as written: one product (a BOM, CRLFs or a line break in a name add no
+    # row), every URL of its cell (spaces after commas are not part of a URL).
+    urls = 2 if b", " + URL in data else 1
+    assert (response.json["total_products"], response.json["total_images"]) == (1, urls)
+    status = client.simulate_get(f"/api/v1/requests/{response.json['request_id']}").json
+    assert (status["total_products"], status["total_images"]) == (1, urls)
 
 
 def test_request_shapes_that_are_not_an_upload(client, assert_nothing_recorded):

@@ -97,12 +97,17 @@ def any_backend(request, tmp_path) -> Iterator[Backend]:
         )
 
 
-@pytest.fixture(params=["sqlite", "mongodb"])
+# The mongodb leg starts a server (SecantusDB, once a session): an integration test,
+# left out of `make test-fast` as the SQLite leg is not.
+BACKENDS = ["sqlite", pytest.param("mongodb", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path) -> Iterator[Backend]:
     yield from any_backend(request, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", "mongodb"])
+@pytest.fixture(params=BACKENDS)
 def concurrent_backend(request, tmp_path) -> Iterator[Backend]:
     """The backends under concurrent writers (the same two: both are real servers)."""
     yield from any_backend(request, tmp_path)

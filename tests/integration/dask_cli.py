@@ -72,18 +72,26 @@ class DaskCliCluster:
         self.processes[name].wait(30)
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            if process.poll() is None:
-                process.terminate()
-        # A worker can sit in its shutdown (reconnecting to a closing scheduler) for
-        # its whole 30 s timeout; the test is over, so a short grace then SIGKILL.
-        deadline = time.monotonic() + 5
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # Workers first, while the scheduler is there to see them leave: a worker whose
+        # scheduler closes under it sits in its shutdown reconnecting (for its 30 s
+        # timeout), so terminating all at once cost the whole grace below now and then.
+        workers = [p for name, p in self.processes.items() if name != "scheduler"]
+        _terminate(workers)
+        _terminate([self.processes["scheduler"]])
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def _terminate(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """SIGTERM, wait for the exits, SIGKILL what is left after `grace` seconds."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -62,7 +62,7 @@ class Service:
                     return self
             except urllib3.exceptions.HTTPError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.05)
         raise RuntimeError(f"service did not become healthy in {timeout}s:\n{self.logs()}")
 
     def stop(self) -> None:
@@ -128,7 +128,7 @@ class Service:
             seen.append(status)
             if status["status"] in ("completed", "completed_with_errors", "failed", "cancelled"):
                 return status, seen
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise AssertionError(
             f"request {request_id} not final after {timeout}s: {seen[-1]}\n{self.logs()}"
         )

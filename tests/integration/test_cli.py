@@ -53,6 +53,26 @@ def run_cli(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture
+def refusal(tmp_path, monkeypatch, capsys):
+    """`python -m pipeline run ARGS` in this process, for what is refused before a cluster
+    starts (a new interpreter would add only its start-up; the process's own exit codes
+    are the other tests'): (exit code, stderr), and nothing was stored."""
+    for name, value in cli_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+
+    def run(*args: str) -> tuple[int, str]:
+        try:
+            code = cli.main(["run", *args])
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code
+        stderr = capsys.readouterr().err
+        assert not (tmp_path / "data").exists(), "something was stored"
+        return code, stderr
+
+    return run
+
+
 def test_run_writes_output_csv_and_exit_code_says_some_failed(tmp_path, image_server):
     good = image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg")
     missing = image_server.url("/gone.jpg")
@@ -160,19 +180,19 @@ def test_output_dir_holds_the_images_and_a_csv_linking_to_them(tmp_path, image_s
     assert_exported(Path(moved), urls, "webp")
 
 
-def test_output_paths_are_checked_before_anything_runs(tmp_path):
+def test_output_paths_are_checked_before_anything_runs(tmp_path, refusal):
     source = tmp_path / "products.csv"
     source.write_text("S. No.,Product Name,Input Image Urls\n1,Lamp,https://x.example/a.jpg\n")
-    result = run_cli(tmp_path, str(source), "-o", "x.csv", "--output-dir", str(tmp_path / "d"))
-    assert result.returncode == 2
-    assert "not allowed with argument" in result.stderr
+    code, stderr = refusal(str(source), "-o", "x.csv", "--output-dir", str(tmp_path / "d"))
+    assert code == 2
+    assert "not allowed with argument" in stderr
     (tmp_path / "file").write_text("")
-    result = run_cli(tmp_path, str(source), "--output-dir", str(tmp_path / "file" / "d"))
-    assert result.returncode == 2
-    assert "invalid option --output-dir" in result.stderr
-    result = run_cli(tmp_path, str(source), "-o", str(tmp_path / "nowhere" / "out.csv"))
-    assert result.returncode == 2
-    assert "invalid option --output: no such folder" in result.stderr
+    code, stderr = refusal(str(source), "--output-dir", str(tmp_path / "file" / "d"))
+    assert code == 2
+    assert "invalid option --output-dir" in stderr
+    code, stderr = refusal(str(source), "-o", str(tmp_path / "nowhere" / "out.csv"))
+    assert code == 2
+    assert "invalid option --output: no such folder" in stderr
 
 
 def test_many_failures_are_counted_by_reason_and_listed_in_a_csv(tmp_path, image_server):
@@ -321,13 +341,13 @@ def test_all_good_exits_zero_with_default_output_path(tmp_path, image_server):
         ),
     ],
 )
-def test_bad_input_exit_codes(tmp_path, content, args, code, needle):
+def test_bad_input_exit_codes(tmp_path, refusal, content, args, code, needle):
     source = tmp_path / "products.csv"
     if content is not None:
         source.write_text(content)
-    result = run_cli(tmp_path, str(source), "--no-progress", *args)
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert needle in result.stderr
+    exit_code, stderr = refusal(str(source), "--no-progress", *args)
+    assert exit_code == code, stderr
+    assert needle in stderr
 
 
 def test_options_choose_the_format_and_the_box(tmp_path, image_server):

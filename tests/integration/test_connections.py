@@ -20,7 +20,7 @@ import urllib3
 from tests.integration.flows import JPEG, products_csv
 from tests.integration.service import Service
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]
 
 IDLE = 500
 DRIPPING = 20

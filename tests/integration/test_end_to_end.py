@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests import imagefactory as images
 from tests.integration.service import Service
+from tests.servers import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +30,18 @@ GOOD = {
 }
 
 
-@pytest.fixture
-def service(tmp_path, webhook_receiver):
-    svc = Service(tmp_path / "data", WEBHOOK_URL=webhook_receiver.url).start()
+@pytest.fixture(scope="module")
+def receiver():
+    """The service's default webhook; tests pick their deliveries by request id."""
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, receiver):
+    # One process for the module: each test has its own request ids and images.
+    svc = Service(tmp_path_factory.mktemp("e2e") / "data", WEBHOOK_URL=receiver.url).start()
     yield svc
     svc.stop()
 
@@ -65,11 +75,9 @@ def products_csv(u: dict[str, str]) -> bytes:
     return out.getvalue().encode()
 
 
-def test_upload_to_webhook_end_to_end(service, catalogue, image_server, webhook_receiver):
+def test_upload_to_webhook_end_to_end(service, catalogue, image_server, receiver):
     # Step 2: upload; answered at once with an id, nothing about the images done yet.
-    response = service.upload(
-        products_csv(catalogue), webhook_url=webhook_receiver.url + "?via=form"
-    )
+    response = service.upload(products_csv(catalogue), webhook_url=receiver.url + "?via=form")
     assert response.status == 202, response.data
     accepted = json.loads(response.data)
     request_id = accepted["request_id"]
@@ -135,9 +143,7 @@ def test_upload_to_webhook_end_to_end(service, catalogue, image_server, webhook_
     assert rows[2][3].split(",")[2] == ""  # the truncated image's slot is empty
 
     # Step 5: the webhook, to the URL given with the upload.
-    delivery = next(
-        d for d in webhook_receiver.wait_for(1) if d["body"]["request_id"] == request_id
-    )
+    delivery = receiver.delivery_for(request_id)
     assert delivery["path"] == "/hook?via=form"
     event = delivery["body"]
     assert event["event"] == "request.completed"
@@ -148,7 +154,7 @@ def test_upload_to_webhook_end_to_end(service, catalogue, image_server, webhook_
     assert status["webhook"]["status"] == "delivered"
 
 
-def test_seed_routes_and_default_webhook(service, image_server, webhook_receiver):
+def test_seed_routes_and_default_webhook(service, image_server, receiver):
     url = image_server.add("/only.jpg", images.jpeg_rgb(), content_type="image/jpeg")
     body = f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{url}"\n'.encode()
     response = service.upload(body, path="/api/images/upload")
@@ -156,15 +162,20 @@ def test_seed_routes_and_default_webhook(service, image_server, webhook_receiver
     request_id = json.loads(response.data)["request_id"]
     final, _ = service.wait_final(request_id, path="/api/status/")
     assert final["status"] == "completed"
-    event = webhook_receiver.wait_for(1)[0]
+    event = receiver.delivery_for(request_id)
     assert event["path"] == "/hook"  # WEBHOOK_URL from the environment
-    assert event["body"]["request_id"] == request_id
 
 
 def test_bad_csv_is_refused_and_records_nothing(service):
+    def recorded() -> tuple[int, list]:
+        # The module's service: other tests' requests are there, this one adds none.
+        listed = service.get_json("/api/v1/requests")["page"]["total"]
+        return listed, sorted((service.data_dir / "objects").glob("requests/*"))
+
+    before = recorded()
     response = service.upload(b"S. No.,Product Name\n1,Lamp\n")
     assert response.status == 422
     error = json.loads(response.data)
     assert error["title"] == "Invalid CSV"
     assert "Input Image Urls" in error["description"]
-    assert not list((service.data_dir / "objects").glob("requests/*"))
+    assert recorded() == before

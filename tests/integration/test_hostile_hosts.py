@@ -27,7 +27,7 @@ from tests.integration.service import Service
 from tests.integration.test_ssrf import _tls_pair
 from tests.servers import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]
 
 TOTAL = 2.0
 # Per-read timeouts far above the deadline: only the hard deadline can end a drip.

@@ -1,9 +1,10 @@
 """Several API processes sharing one MongoDB and one storage folder, for real.
 
-Each test starts real `python -m api` processes (waitress + their own
-LocalCluster) against one MongoDB wire-protocol server (SecantusDB, or a real
-mongod with MONGODB_URI) and one storage folder, as behind a load balancer,
-and checks what users of a shared service rely on: one owner per request,
+Real `python -m api` processes (waitress + their own LocalCluster; a pair
+that the module shares, and those a test kills, restarts or configures its
+own way) run against one MongoDB wire-protocol server (SecantusDB, or a real
+mongod with MONGODB_URI) and one storage folder, as behind a load balancer;
+the tests check what users of a shared service rely on: one owner per request,
 takeover when an owner dies, nothing fetched or notified twice, fair sharing,
 cancel, delete, retention and listing.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from tests.integration.flows import (
     wait_until,
 )
 from tests.integration.service import Service
+from tests.mongo_server import fresh_database_name
 
 pytestmark = pytest.mark.integration
 
@@ -36,30 +40,74 @@ LEASE = 2  # seconds: a dead owner's requests are taken up quickly
 BASE_URL = "http://localhost:8080"  # the load balancer's address, the same for all processes
 
 
-@pytest.fixture
-def shared(tmp_path, mongodb_uri, mongodb_database):
-    """Start API processes on one record store and one storage folder; stop them after."""
-    started: list[Service] = []
+@dataclass
+class Deployment:
+    """API processes behind one address, on one record store and one storage folder."""
 
-    def start(**env: str) -> Service:
+    root: Path  # the storage folder is root / "objects"
+    mongodb_uri: str
+    database: str
+    started: list[Service] = dataclass_field(default_factory=list)
+
+    def start(self, **env: str) -> Service:
         service = Service(
-            tmp_path / f"api-{len(started)}",
-            MONGODB_URI=mongodb_uri,
-            MONGODB_DB=mongodb_database,
-            STORAGE_URL=(tmp_path / "objects").as_uri(),
+            self.root / f"api-{len(self.started)}",
+            MONGODB_URI=self.mongodb_uri,
+            MONGODB_DB=self.database,
+            STORAGE_URL=(self.root / "objects").as_uri(),
             API_BASE_URL=BASE_URL,
             PUBLIC_BASE_URL=f"{BASE_URL}/media",
             LEASE_SECONDS=str(LEASE),
             BATCH_SIZE="2",
             **env,
         )
-        started.append(service)
+        self.started.append(service)
         return service.start()
 
-    yield start
-    for service in started:
-        if service.process is not None and service.process.poll() is None:
-            service.stop()
+    def stop(self, first: int = 0) -> None:
+        for service in self.started[first:]:
+            if service.process is not None and service.process.poll() is None:
+                service.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, mongodb_uri):
+    """Two processes with the default settings, for the module: the tests that neither
+    kill, restart nor reconfigure them use these (each with its own requests and
+    images), and start beside them only the processes they kill or restart."""
+    database = fresh_database_name()
+    deployment = Deployment(tmp_path_factory.mktemp("sharing"), mongodb_uri, database)
+    try:
+        deployment.start()
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
+        with MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000) as client:
+            client.drop_database(database)
+
+
+@pytest.fixture
+def pair(deployment) -> tuple[Service, Service]:
+    a, b = deployment.started[:2]
+    return a, b
+
+
+@pytest.fixture
+def beside(deployment):
+    """Start processes beside the pair, on their records and storage; stop them after."""
+    first_new = len(deployment.started)
+    yield deployment.start
+    deployment.stop(first_new)
+
+
+@pytest.fixture
+def shared(tmp_path, mongodb_uri, mongodb_database):
+    """Start processes with settings of the test's own, on a record store and a storage
+    folder of its own (the pair would sweep the same records with theirs)."""
+    deployment = Deployment(tmp_path, mongodb_uri, mongodb_database)
+    yield deployment.start
+    deployment.stop()
 
 
 def lease_owner(mongodb_uri: str, database: str, request_id: str) -> str | None:
@@ -72,9 +120,10 @@ def driven_by(service: Service, owner: str | None) -> bool:
 
 
 def test_killed_owner_is_taken_over_once_its_lease_expires(
-    shared, mongodb_uri, mongodb_database, image_server, webhook_receiver
+    deployment, pair, beside, image_server, webhook_receiver
 ):
-    a, b = shared(), shared()
+    a, b = beside(), pair[1]
+    mongodb_uri, mongodb_database = deployment.mongodb_uri, deployment.database
     urls = slow_images(image_server, 24, delay=0.5)
     request_id = upload(a, urls, webhook_receiver)
     wait_until(a, request_id, in_flight)
@@ -103,9 +152,9 @@ def test_killed_owner_is_taken_over_once_its_lease_expires(
 
 
 def test_a_process_restarted_beside_the_owner_leaves_its_request_alone(
-    shared, mongodb_uri, mongodb_database, image_server, webhook_receiver
+    pair, beside, image_server, webhook_receiver
 ):
-    a, b = shared(), shared()
+    a, b = pair[0], beside()
     urls = slow_images(image_server, 16, delay=0.5)
     request_id = upload(a, urls, webhook_receiver)
     wait_until(a, request_id, in_flight)
@@ -144,8 +193,8 @@ def test_a_pending_webhook_is_attempted_by_one_process_at_a_time(
     assert len({d["headers"]["webhook-id"] for d in arrived}) == 1
 
 
-def test_a_small_request_is_not_stuck_behind_a_big_one(shared, image_server, webhook_receiver):
-    a = shared()
+def test_a_small_request_is_not_stuck_behind_a_big_one(pair, image_server, webhook_receiver):
+    a = pair[0]
     big = slow_images(image_server, 80, delay=0.3, prefix="big/")
     big_id = upload(a, big, webhook_receiver)
     wait_until(a, big_id, lambda s: s["processed_images"] >= 4)
@@ -161,9 +210,9 @@ def test_a_small_request_is_not_stuck_behind_a_big_one(shared, image_server, web
 
 
 def test_cancel_stops_the_request_and_no_download_starts_after(
-    shared, image_server, webhook_receiver
+    pair, beside, image_server, webhook_receiver
 ):
-    a, b = shared(), shared()
+    a, b = beside(), pair[1]  # a is stopped and restarted below
     urls = slow_images(image_server, 80, delay=0.5)  # ~10 s of work: far from done
     request_id = upload(a, urls, webhook_receiver)
     wait_until(a, request_id, in_flight)
@@ -202,36 +251,39 @@ def stored_under(root: Path, request_id: str) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def test_delete_removes_records_and_objects(shared, tmp_path, image_server, webhook_receiver):
-    a, b = shared(), shared()
+def test_delete_removes_records_and_objects(deployment, pair, image_server, webhook_receiver):
+    a, b = pair
+    root = deployment.root
     keep, gone = (
         upload(a, [image_server.add(path, JPEG, content_type="image/jpeg")], webhook_receiver)
         for path in ("/k.jpg", "/g.jpg")
     )
     for request_id in (keep, gone):
         a.wait_final(request_id)
-    assert stored_under(tmp_path, gone)  # input, manifest, image, output CSV
+    assert stored_under(root, gone)  # input, manifest, image, output CSV
 
     response = b.http.request("DELETE", f"{b.base_url}/api/v1/requests/{gone}")
     assert response.status == 204, response.data
-    assert stored_under(tmp_path, gone) == []
+    assert stored_under(root, gone) == []
     for service in (a, b):
         assert service.get(f"/api/v1/requests/{gone}").status == 404
         assert service.get(f"/api/v1/output/{gone}.csv").status == 404
-    assert len(stored_under(tmp_path, keep)) == 4
+    assert len(stored_under(root, keep)) == 4
     assert a.get_json(f"/api/v1/requests/{keep}")["status"] == "completed"
 
 
-def test_delete_of_a_running_request_is_refused(shared, tmp_path, image_server, webhook_receiver):
-    a = shared()
+def test_delete_of_a_running_request_is_refused(deployment, pair, image_server, webhook_receiver):
+    a = pair[0]
     urls = slow_images(image_server, 12, delay=0.5)
     request_id = upload(a, urls, webhook_receiver)
     wait_until(a, request_id, in_flight)
     response = a.http.request("DELETE", f"{a.base_url}/api/v1/requests/{request_id}")
     assert response.status == 409
-    assert json.loads(response.data)["title"]
+    error = json.loads(response.data)  # what is in the way, and its status
+    assert (error["title"], error["status"]) == ("Request not finished", "processing"), error
+    # Nothing was deleted: the request runs to its end, every output there.
     assert_accounted_for(a, request_id, urls, webhook_receiver)
-    assert stored_under(tmp_path, request_id)
+    assert len(stored_under(deployment.root, request_id)) == 3 + len(urls)
 
 
 def test_retention_deletes_old_final_requests(shared, tmp_path, image_server, webhook_receiver):

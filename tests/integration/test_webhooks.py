@@ -214,6 +214,7 @@ def test_many_deliveries_to_one_hostile_host_hold_one_slot(
     assert all(webhook(store, r)["status"] == "pending" for r in hostile)  # left for resume()
 
 
+@pytest.mark.timing
 def test_stop_returns_promptly_while_an_attempt_is_stuck(store):
     dripping = StallingReceiver("127.0.0.1", drip=0.05).start()  # every read gets a byte
     try:
