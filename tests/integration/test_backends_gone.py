@@ -204,12 +204,11 @@ def test_request_staged_while_storage_is_gone_waits_then_completes(
     logs = tmp_path / "dask-logs"
     logs.mkdir()
     cluster = DaskCliCluster(logs, workers=0).start()
-    service = Service(
-        tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, LEASE_SECONDS="2"
-    ).start()
+    service = Service(tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, LEASE_SECONDS="2")
     root = service.data_dir / "objects"
     away = None
     try:
+        service.start()  # in the try: a service that fails to start must not leak the cluster
         urls = images(image_server, "staged/", 2)
         request_id = upload(service, urls, webhook_receiver)
         wait_until(service, request_id, lambda s: s["status"] == "queued")
