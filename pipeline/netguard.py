@@ -42,9 +42,8 @@ from urllib3.exceptions import (
 
 from pipeline import exchange
 from pipeline.errors import AddressRefused, FetchError
+from pipeline.lookups import Lookups, Resolver
 
-# socket.getaddrinfo's shape: resolve(host, port, type=...) -> [(family, type, proto, _, sockaddr)]
-Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 AddressPolicy = Callable[[str], bool]
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 
@@ -134,7 +133,8 @@ class AddressGuard:
         is_allowed: AddressPolicy = is_public_address,
     ):
         self.allow_private = allow_private
-        self._resolve = resolve
+        # Asked within the current exchange's deadline, however long the resolver takes.
+        self._lookups = Lookups(resolve)
         # Injectable so a test can play "the internet" with one loopback address.
         self._is_allowed = is_allowed
 
@@ -145,8 +145,14 @@ class AddressGuard:
         host = host.strip("[]")
         if not self.allow_private and is_local_name(host):
             raise AddressRefused(f"refused: {host} is this machine {_HINT}")
+        current = exchange.current()
         try:
-            infos = list(self._resolve(host, port, type=socket.SOCK_STREAM))
+            infos = self._lookups.lookup(host, port, current.remaining() if current else None)
+        except TimeoutError as exc:
+            # The name server's silence, not the host's: no connection was tried.
+            within = f"{current.progress.timeout:g}s" if current else "time"
+            reason = f"cannot resolve host {host!r}: no answer within {within}"
+            raise FetchError(reason, transient=True) from exc  # as a resolver's own timeout
         except UnicodeError as exc:
             raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
         except socket.gaierror as exc:

@@ -141,9 +141,12 @@ class WebhookSender:
                     preload_content=False,
                     timeout=urllib3.Timeout(total=self.timeout),
                 )
-            except FetchError as exc:  # refused address or malformed URL: never retried
-                outcome = "retry" if exc.transient else "give_up"
-                return Attempt(at, None, exc.reason, outcome)
+            except FetchError as exc:
+                # A refused address or malformed URL is never retried; a name that
+                # could not be resolved (now) is, as a failed delivery.
+                if exc.transient:
+                    return Attempt(at, None, f"delivery failed: {exc.reason}", "retry")
+                return Attempt(at, None, exc.reason, "give_up")
             except urllib3.exceptions.HTTPError as exc:  # refused, reset, late, flooding
                 # Whatever the receiver did wrong, it may do better later: retried.
                 reason = exchange.failure(exc).reason
