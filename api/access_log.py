@@ -10,6 +10,9 @@ Client address, the quoted method and target, status, the time the app took
 when streamed), and the id of the request the answer is about when the path
 does not already say it (an upload's new id). `ACCESS_LINE` parses a line.
 
+Healthy answers to `/health` are not logged (load balancers poll it every few
+seconds); a failing one is.
+
 Never logged: headers (the API key travels in `Authorization` or `X-API-Key`),
 bodies, and the value of any query parameter named like a secret (key, token,
 secret, signature, password, credential, `X-Amz-*`...), written `REDACTED`.
@@ -83,9 +86,13 @@ class AccessLog:
         self,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        *,
+        quiet_paths: frozenset[str] = frozenset(),
     ):
+        """`quiet_paths`: paths whose answers are logged only when they are errors."""
         self.monotonic = monotonic
         self.log = logger or logging.getLogger(ACCESS_LOGGER)
+        self.quiet_paths = quiet_paths
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context[_STARTED] = self.monotonic()
@@ -94,6 +101,8 @@ class AccessLog:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         if not self.log.isEnabledFor(logging.INFO):
+            return
+        if req.path in self.quiet_paths and resp.status_code < 400:
             return
         started = req.context.get(_STARTED)
         seconds = None if started is None else self.monotonic() - started

@@ -35,6 +35,9 @@ UNLIMITED_PATHS = frozenset({"/health"})
 # Readable without a key: the page asks for the key itself; the docs are public.
 PUBLIC_PATHS = UNLIMITED_PATHS | {"/", "/docs", "/api/v1/openapi.json"}
 PAGE = Path(__file__).with_name("static") / "index.html"
+# Polled every few seconds by every load balancer: a line per healthy answer would
+# bury the log. An unhealthy one (503) is still logged.
+QUIET_PATHS = UNLIMITED_PATHS
 
 
 class Runner(Submitter, Canceller, Protocol):
@@ -60,7 +63,7 @@ def create_app(
     # Limit first, so failed key guesses are limited too (by address).
     middleware: list[AccessLog | RateLimit | RequireApiKey] = []
     if settings.access_log:  # first: it times, and logs, every answer the others give too
-        middleware.append(AccessLog(monotonic))
+        middleware.append(AccessLog(monotonic, quiet_paths=QUIET_PATHS))
     # The API's bucket and the images' own (each off when its per-minute setting is 0).
     middleware += rate_limits(settings, keys.client_id, clock=monotonic, open_paths=UNLIMITED_PATHS)
     middleware.append(RequireApiKey(keys, open_paths=PUBLIC_PATHS))

@@ -81,14 +81,14 @@ def test_errors_are_logged_once_each(settings, store, storage, access):
     client.simulate_get("/no/such/route")
     upload(client, b"not,a,csv\n")
     upload(client, GOOD_CSV)  # the runner raises: an unexpected error
-    client.simulate_get("/health")  # never limited
+    # Never limited (a 429 would be logged), and healthy: not logged.
+    assert client.simulate_get("/health").status_code == 200
     client.simulate_get("/api/v1/requests")  # over the burst of 3
     statuses = [(line["target"], line["status"]) for line in access()]
     assert statuses == [
         ("/no/such/route", "404"),
         ("/api/v1/upload", "422"),
         ("/api/v1/upload", "500"),
-        ("/health", "200"),
         ("/api/v1/requests", "429"),
     ]
 
@@ -127,8 +127,19 @@ def test_get_on_the_upload_routes_is_logged_as_the_405_it_gets(
 
 def test_access_log_off(quiet_settings, store, storage, runner, access):
     client = make_client(replace(quiet_settings, access_log=False), store, storage, runner)
-    client.simulate_get("/health")
+    assert client.simulate_get("/api/v1/requests").status_code == 200
+    assert client.simulate_get("/api/v1/status/nope").status_code == 404
     assert access() == []
+
+
+def test_health_is_logged_only_when_unhealthy(quiet_settings, store, storage, runner, access):
+    checks = {"store": {"healthy": True}}
+    health = make_client(quiet_settings, store, storage, runner, health=lambda: dict(checks))
+    assert health.simulate_get("/health").status_code == 200
+    assert access() == []  # load balancers poll it: healthy answers stay out of the log
+    checks["store"] = {"healthy": False, "error": "connection refused"}
+    assert health.simulate_get("/health").status_code == 503
+    assert [(line["target"], line["status"]) for line in access()] == [("/health", "503")]
 
 
 @pytest.mark.parametrize(
