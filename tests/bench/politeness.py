@@ -21,13 +21,13 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from tests import imagefactory as images
+from tests.integration.flows import products_csv
+from tests.integration.service import run_pipeline
 from tests.throttlehost import ThrottlingHost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +39,7 @@ def run(
     host = ThrottlingHost(images.jpeg_rgb(), limit=limit, retry_after="1", hold=latency)
     with host:
         source = workdir / "products.csv"
-        lines = ["S. No.,Product Name,Input Image Urls"]
-        lines += [f"{i + 1},SKU{i + 1},{host.url(i)}" for i in range(n)]
-        source.write_text("\n".join(lines) + "\n")
+        source.write_bytes(products_csv([host.url(i) for i in range(n)], per_row=1))
         env = {
             **os.environ,
             "PYTHONPATH": str(root),  # the tree measured, not the installed one
@@ -51,14 +49,7 @@ def run(
             **extra,
         }
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "pipeline", "run", str(source), "--no-progress"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
+        done = run_pipeline(str(source), "--no-progress", env=env, root=root, timeout=1800)
         elapsed = time.monotonic() - started
         stats = host.stats
     output = source.with_suffix(".output.csv")

@@ -1,4 +1,5 @@
-"""Run the real service (`python -m api`, waitress + Dask) as a subprocess on loopback."""
+"""Run the real service (`python -m api`, waitress + Dask) as a subprocess on loopback,
+and the batch CLI (`python -m pipeline run`) as a script would."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ import urllib3
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_pipeline(
+    *args: str, env: dict[str, str], root: Path = ROOT, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """`python -m pipeline run ARGS` in a new interpreter from the tree `root` (a benchmark
+    may name another), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Service:

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from pipeline import cli
@@ -25,8 +24,8 @@ from pipeline.records import SqliteRecordStore
 from pipeline.service import open_storage
 from pipeline.settings import Settings
 from tests import imagefactory as images
-from tests.integration.service import ROOT
-from tests.servers import free_port
+from tests.integration.flows import products_csv, slow_images
+from tests.integration.service import ROOT, run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +42,7 @@ def cli_env(tmp_path, **extra: str) -> dict[str, str]:
 
 
 def run_cli(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", *args],
-        cwd=ROOT,
-        env=cli_env(tmp_path, **env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_pipeline(*args, env=cli_env(tmp_path, **env))
 
 
 @pytest.fixture
@@ -227,25 +219,7 @@ def test_many_failures_are_counted_by_reason_and_listed_in_a_csv(tmp_path, image
     ]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def test_output_dir_reads_the_images_from_s3(tmp_path, image_server, s3_endpoint, monkeypatch):
-    for name, value in S3_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+def test_output_dir_reads_the_images_from_s3(tmp_path, image_server, s3_endpoint, s3_credentials):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="cli-export")
     text, urls = csv_naming_lines(image_server)
     source = tmp_path / "products.csv"
@@ -294,10 +268,9 @@ def test_output_dir_reads_the_images_from_s3(tmp_path, image_server, s3_endpoint
     ],
 )
 def test_where_the_outputs_are_says_what_serves_the_links(
-    tmp_path, monkeypatch, environ, where, links
+    tmp_path, s3_credentials, environ, where, links
 ):
-    for name, value in S3_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)  # presigning needs some; no request is sent
+    # s3_credentials: presigning needs some; no request is sent.
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), **environ})
     storage, _ = open_storage(settings)
     request_id = "0" * 32
@@ -383,15 +356,9 @@ def test_every_final_status_has_its_documented_exit_code():
 
 def test_a_run_cancelled_elsewhere_exits_5(tmp_path, image_server):
     # Slow images, one per batch: the run is far from done when the cancel arrives.
-    urls = [
-        image_server.add(f"/{n}.jpg", images.jpeg_rgb(), content_type="image/jpeg", delay=1.0)
-        for n in range(12)
-    ]
+    urls = slow_images(image_server, 12, delay=1.0)
     source = tmp_path / "products.csv"
-    source.write_text(
-        "S. No.,Product Name,Input Image Urls\n"
-        + "".join(f"{n},Lamp {n},{url}\n" for n, url in enumerate(urls))
-    )
+    source.write_bytes(products_csv(urls, per_row=1))
     run = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", str(source), "--no-progress"],
         cwd=ROOT,

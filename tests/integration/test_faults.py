@@ -9,6 +9,7 @@ webhook is delivered once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -16,6 +17,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,22 +41,27 @@ from tests.integration.service import Service
 pytestmark = pytest.mark.integration
 
 
-def on_cluster(tmp_path: Path, cluster: DaskCliCluster, **env: str) -> Service:
-    """The service, started against the test's CLI cluster, two images per batch.
+@contextlib.contextmanager
+def on_cluster(tmp_path: Path, cluster: DaskCliCluster, **env: str) -> Iterator[Service]:
+    """The service, started against the test's CLI cluster, two images per batch;
+    stopped on the way out, whatever the test did to it.
 
     Leases of 2 s: a killed process's requests are taken up 2 s after its last
     renewal (30 s by default).
     """
     env = {"LEASE_SECONDS": "2", **env}
-    return Service(
+    service = Service(
         tmp_path / "data", DASK_SCHEDULER_ADDRESS=cluster.address, BATCH_SIZE="2", **env
     ).start()
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 # -- a Dask worker process dies ------------------------------------------------
 def test_worker_killed_mid_request(tmp_path, cluster, image_server, webhook_receiver):
-    service = on_cluster(tmp_path, cluster)
-    try:
+    with on_cluster(tmp_path, cluster) as service:
         urls = slow_images(image_server, 16, delay=0.8)
         request_id = upload(service, urls, webhook_receiver)
         wait_until(service, request_id, in_flight)
@@ -72,16 +79,13 @@ def test_worker_killed_mid_request(tmp_path, cluster, image_server, webhook_rece
         assert_accounted_for(service, request_id, urls, webhook_receiver)
         # The killed worker's batches ran again elsewhere: at most one extra download each.
         assert all(1 <= image_server.hits[u.removeprefix(image_server.base_url)] <= 2 for u in urls)
-    finally:
-        service.stop()
 
 
 # -- the API process dies and is restarted --------------------------------------
 def test_api_killed_and_restarted_resumes_the_request(
     tmp_path, cluster, image_server, webhook_receiver
 ):
-    service = on_cluster(tmp_path, cluster)
-    try:
+    with on_cluster(tmp_path, cluster) as service:
         urls = slow_images(image_server, 16, delay=0.8)
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
         service.kill()
@@ -94,14 +98,11 @@ def test_api_killed_and_restarted_resumes_the_request(
         assert all(image_server.hits[u.removeprefix(path)] == 1 for u in done_before)
         # ...and every image was downloaded at least once, by one process or the other.
         assert all(image_server.hits[u.removeprefix(path)] >= 1 for u in by_url)
-    finally:
-        service.stop()
 
 
 # -- the scheduler goes away and comes back ---------------------------------------
 def test_scheduler_restarted_mid_request(tmp_path, cluster, image_server, webhook_receiver):
-    service = on_cluster(tmp_path, cluster)
-    try:
+    with on_cluster(tmp_path, cluster) as service:
         urls = slow_images(image_server, 16, delay=0.8)
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
         # The whole cluster restarts (scheduler and workers) on the same address; the
@@ -113,8 +114,6 @@ def test_scheduler_restarted_mid_request(tmp_path, cluster, image_server, webhoo
         assert_accounted_for(service, request_id, urls, webhook_receiver)
         path = image_server.base_url
         assert all(image_server.hits[u.removeprefix(path)] == 1 for u in done_before)
-    finally:
-        service.stop()
 
 
 def test_scheduler_away_longer_than_the_client_reconnects(
@@ -122,8 +121,7 @@ def test_scheduler_away_longer_than_the_client_reconnects(
 ):
     # A Dask client gives up reconnecting after its connect timeout and closes for
     # good; 2 s here (30 s by default) so the outage below outlasts it quickly.
-    service = on_cluster(tmp_path, cluster, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
-    try:
+    with on_cluster(tmp_path, cluster, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s") as service:
         urls = slow_images(image_server, 12, delay=0.8)
         request_id, done_before = upload_and_wait_in_flight(service, urls, webhook_receiver)
         for name in ["scheduler", "w1", "w2"]:
@@ -148,8 +146,6 @@ def test_scheduler_away_longer_than_the_client_reconnects(
         assert_accounted_for(
             service, upload(service, later, webhook_receiver), later, webhook_receiver
         )
-    finally:
-        service.stop()
 
 
 def test_api_stopped_mid_request_leaves_it_for_the_next_start(
@@ -157,8 +153,7 @@ def test_api_stopped_mid_request_leaves_it_for_the_next_start(
 ):
     # SIGTERM (a deploy, `docker stop`): closing the Dask client on the way out
     # cancels the request's futures, which must not fail the request.
-    service = on_cluster(tmp_path, cluster)
-    try:
+    with on_cluster(tmp_path, cluster) as service:
         urls = slow_images(image_server, 12, delay=0.8)
         request_id = upload(service, urls, webhook_receiver)
         wait_until(service, request_id, in_flight)
@@ -166,8 +161,6 @@ def test_api_stopped_mid_request_leaves_it_for_the_next_start(
 
         service.restart()
         assert_accounted_for(service, request_id, urls, webhook_receiver)
-    finally:
-        service.stop()
 
 
 def descendants(pid: int) -> set[int]:

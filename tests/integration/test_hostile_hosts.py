@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,8 +23,8 @@ from pipeline.notify import WebhookSender
 from tests.hostile_hosts import HostileHost
 from tests.integration.flows import JPEG, images_by_url, products_csv
 from tests.integration.service import Service
-from tests.integration.test_ssrf import _tls_pair
 from tests.servers import free_port
+from tests.tls import client_context, server_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.timing]
 
@@ -100,17 +99,13 @@ def test_https_to_a_plain_http_host_says_so(hostile):
 @pytest.fixture
 def tls_host(tmp_path):
     """A hostile host speaking HTTPS as images.test, and a pool that trusts it."""
-    ca, cert, key = _tls_pair("images.test")
-    (tmp_path / "cert.pem").write_bytes(cert + key)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(tmp_path / "cert.pem")
-    host = HostileHost(tls=server_context, hostname="images.test").start()
+    context, ca = server_context("images.test", tmp_path)
+    host = HostileHost(tls=context, hostname="images.test").start()
 
     def resolve(name, port, type=0):
         return socket.getaddrinfo("127.0.0.1", port, type=type)
 
-    client_context = ssl.create_default_context(cadata=ca.decode())
-    pool = guarded_pool(True, resolve, ssl_context=client_context, retries=False)
+    pool = guarded_pool(True, resolve, ssl_context=client_context(ca), retries=False)
     yield host, pool
     host.stop()
 

@@ -16,6 +16,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests import imagefactory as images
+from tests.integration.flows import products_csv, slow_images
 from tests.integration.service import Service
 
 pytestmark = pytest.mark.integration
@@ -223,15 +224,9 @@ def slow_service(tmp_path):
 
 
 def test_cancel_an_unfinished_request(browser, slow_service, image_server, tmp_path):
-    urls = [
-        image_server.add(f"/{n}.jpg", images.jpeg_rgb(), content_type="image/jpeg", delay=2.0)
-        for n in range(10)
-    ]
+    urls = slow_images(image_server, 10, delay=2.0)
     csv_path = tmp_path / "products.csv"
-    csv_path.write_text(
-        "S. No.,Product Name,Input Image Urls\n"
-        + "".join(f"{n},Lamp {n},{url}\n" for n, url in enumerate(urls))
-    )
+    csv_path.write_bytes(products_csv(urls, per_row=1))
     browser.get(slow_service.base_url + "/")
     browser.find_element(By.ID, "key").send_keys(PAGE_KEY)
     browser.find_element(By.ID, "file").send_keys(str(csv_path))

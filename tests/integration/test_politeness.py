@@ -8,8 +8,6 @@ as a shop's CDN does; `tests/bench/politeness.py` runs the same host with
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +19,8 @@ from pipeline.errors import FetchError
 from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.hosts import HostLimiter, HostPolicy
 from tests import imagefactory as images
-from tests.integration.service import ROOT
-from tests.integration.test_cli import cli_env
+from tests.integration.flows import products_csv
+from tests.integration.test_cli import run_cli
 from tests.throttlehost import ThrottlingHost
 
 pytestmark = pytest.mark.integration
@@ -38,21 +36,14 @@ def test_a_request_of_60_images_on_a_host_that_allows_4_all_succeed_never_5_at_o
     # downloads could start together; the limiter lets 4 reach the host.
     with ThrottlingHost(images.jpeg_rgb(), limit=4, retry_after="1", hold=0.02) as host:
         source = tmp_path / "products.csv"
-        rows = [f"{i + 1},SKU{i + 1},{host.url(i)}" for i in range(60)]
-        source.write_text("S. No.,Product Name,Input Image Urls\n" + "\n".join(rows) + "\n")
-        env = cli_env(
+        source.write_bytes(products_csv([host.url(i) for i in range(60)], per_row=1))
+        result = run_cli(
             tmp_path,
+            str(source),
+            "--no-progress",
             DASK_THREADS_PER_WORKER="2",
             BATCH_SIZE="30",
             MAX_CONNECTIONS_PER_HOST="4",
-        )
-        result = subprocess.run(
-            [sys.executable, "-m", "pipeline", "run", str(source), "--no-progress"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
         )
         stats = host.stats
     assert result.returncode == 0, result.stderr

@@ -14,36 +14,17 @@ import re
 import boto3
 import pytest
 import urllib3
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from pipeline.storage import Storage, public_read_policy, storage_config
 from tests import imagefactory as images
 from tests.integration.service import Service
-from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
 
 @pytest.fixture
-def bucket(s3_endpoint, monkeypatch, request):
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+def bucket(s3_endpoint, s3_credentials, request):
     name = "imagepipe-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
@@ -110,7 +91,9 @@ def test_the_documented_policy_makes_only_output_images_public(s3_endpoint, buck
 
 
 @pytest.mark.parametrize("url_mode", ["public", "presigned"])
-def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, url_mode):
+def test_request_on_s3_end_to_end(
+    tmp_path, s3_endpoint, s3_credentials, bucket, image_server, url_mode
+):
     if url_mode == "public":
         # Public output URLs need a bucket that lets anyone read output images (compose
         # sets the same policy on MinIO); presigned URLs work on a private bucket.
@@ -120,7 +103,7 @@ def test_request_on_s3_end_to_end(tmp_path, s3_endpoint, bucket, image_server, u
         STORAGE_URL=f"s3://{bucket}/outputs",
         S3_ENDPOINT_URL=s3_endpoint,
         OUTPUT_URL_MODE=url_mode,
-        **CREDENTIALS,
+        **s3_credentials,
     ).start()
     try:
         a = image_server.add("/a.jpg", images.jpeg_rgb(), content_type="image/jpeg")

@@ -8,11 +8,9 @@ answered by a fake DNS, so nothing here leaves the machine.
 
 from __future__ import annotations
 
-import datetime
 import http.server
 import re
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 
@@ -24,6 +22,7 @@ from pipeline.fetch import FetchConfig, Fetcher
 from pipeline.netguard import AddressRefused, guarded_pool, is_public_address
 from pipeline.notify import WebhookSender
 from tests.addresses import check_url
+from tests.tls import client_context, server_context
 
 pytestmark = pytest.mark.integration
 
@@ -238,50 +237,9 @@ def test_private_networks_switch_still_fetches_loopback(image_server):
 # verification must still use the URL's hostname.
 
 
-def _tls_pair(hostname: str) -> tuple[bytes, bytes, bytes]:
-    """A throwaway CA and a certificate for `hostname` (PEM: ca, cert, key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imagepipe test CA")])
-
-    def build(subject, public_key, extensions) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-        )
-        for extension, critical in extensions:
-            builder = builder.add_extension(extension, critical=critical)
-        return builder.sign(ca_key, hashes.SHA256())
-
-    ca = build(ca_name, ca_key.public_key(), [(x509.BasicConstraints(True, None), True)])
-    leaf = build(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]),
-        key.public_key(),
-        [(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)],
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca.public_bytes(pem), leaf.public_bytes(pem), key_pem
-
-
 @pytest.fixture
 def tls_server(tmp_path):
-    ca, cert, key = _tls_pair("images.test")
-    (tmp_path / "cert.pem").write_bytes(cert + key)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem")
+    context, ca = server_context("images.test", tmp_path)
     seen: dict[str, list] = {"sni": [], "host": []}
     context.sni_callback = lambda sock, name, ctx: seen["sni"].append(name)
 
@@ -304,14 +262,10 @@ def tls_server(tmp_path):
     server.server_close()
 
 
-def _client_context(ca: bytes) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=ca.decode())
-
-
 def test_tls_verifies_the_hostname_not_the_pinned_ip(tls_server):
     port, ca, seen = tls_server
     dns: Callable = HostileDns({"images.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]})
-    pool = guarded_pool(True, dns, ssl_context=_client_context(ca), retries=False)
+    pool = guarded_pool(True, dns, ssl_context=client_context(ca), retries=False)
     response = pool.request("GET", f"https://images.test:{port}/a.jpg", retries=False)
     assert (response.status, response.data) == (200, b"img")
     assert seen["sni"] == ["images.test"]
