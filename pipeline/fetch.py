@@ -27,7 +27,8 @@ import urllib3
 from pipeline.errors import ConfigError, FetchError
 from pipeline.exchange import Exchange
 from pipeline.hosts import SLOW_DOWN, parse_retry_after
-from pipeline.netguard import Resolver, guarded_pool, validate_url
+from pipeline.lookups import Resolver
+from pipeline.netguard import guarded_pool, validate_url
 from pipeline.reasons import Budget
 from pipeline.settings import DEFAULTS, Settings
 
