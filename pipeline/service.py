@@ -29,7 +29,9 @@ from pipeline.links import Links
 from pipeline.models import RequestRecord
 from pipeline.nats_publisher import NatsPublisher
 from pipeline.notify import WebhookSender
-from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
+from pipeline.records.base import RecordStore
+from pipeline.records.mongo import MongoRecordStore
+from pipeline.records.sqlite import SqliteRecordStore
 from pipeline.removal import remove_request
 from pipeline.settings import Settings
 from pipeline.storage import Storage, storage_config

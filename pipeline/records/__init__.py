@@ -1,7 +1,6 @@
-"""Where requests and their images are recorded: SQLite by default, MongoDB when configured."""
+"""Where requests and their images are recorded: SQLite by default, MongoDB when configured.
 
-from pipeline.records.base import RecordStore
-from pipeline.records.mongo import MongoRecordStore
-from pipeline.records.sqlite import SqliteRecordStore
-
-__all__ = ["MongoRecordStore", "RecordStore", "SqliteRecordStore"]
+`base.RecordStore` is the interface; `sqlite.SqliteRecordStore` and `mongo.MongoRecordStore`
+implement it. Nothing is re-exported here, so importing the interface (as the API does)
+loads neither driver.
+"""

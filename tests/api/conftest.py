@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.records import SqliteRecordStore
+from pipeline.records.sqlite import SqliteRecordStore
 from pipeline.settings import Settings
 from pipeline.storage import Storage, storage_config
 from tests.api.support import RecordingRunner, make_client, stored_files

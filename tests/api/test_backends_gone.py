@@ -27,7 +27,7 @@ from pipeline.keys import output_csv_key, output_key
 from pipeline.links import Links
 from pipeline.models import ImageItem, ImageResult, NewRequest, RequestStatus
 from pipeline.notify import WebhookSender
-from pipeline.records import SqliteRecordStore
+from pipeline.records.sqlite import SqliteRecordStore
 from pipeline.storage import Storage
 from tests.api.support import GOOD_CSV, T0, make_client, stored_files, upload
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import pytest
 from pymongo import MongoClient
 
-from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
+from pipeline.records.base import RecordStore
+from pipeline.records.mongo import MongoRecordStore
+from pipeline.records.sqlite import SqliteRecordStore
 
 
 @dataclass

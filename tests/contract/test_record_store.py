@@ -31,8 +31,9 @@ from pipeline.models import (
     iso,
 )
 from pipeline.options import OutputOptions
-from pipeline.records import MongoRecordStore, RecordStore, SqliteRecordStore
-from pipeline.records.sqlite import _PENDING_DELIVERY, _UNFINISHED
+from pipeline.records.base import RecordStore
+from pipeline.records.mongo import MongoRecordStore
+from pipeline.records.sqlite import _PENDING_DELIVERY, _UNFINISHED, SqliteRecordStore
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is borrowed here
     from tests.contract.conftest import Backend

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline import cli
 from pipeline.batch import describe_outputs
 from pipeline.models import FINAL_STATUSES
-from pipeline.records import SqliteRecordStore
+from pipeline.records.sqlite import SqliteRecordStore
 from pipeline.service import open_storage
 from pipeline.settings import Settings
 from tests import imagefactory as images

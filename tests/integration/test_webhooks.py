@@ -15,7 +15,7 @@ from api.resources import status_body
 from pipeline.deliveries import Deliveries
 from pipeline.models import NewRequest
 from pipeline.notify import WebhookSender
-from pipeline.records import SqliteRecordStore
+from pipeline.records.sqlite import SqliteRecordStore
 from tests.servers import free_port
 from tests.stalling_receiver import StallingReceiver
 

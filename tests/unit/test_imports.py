@@ -40,6 +40,8 @@ def test_importing_the_api_loads_none_of_the_workers_libraries():
     assert "api.app" in modules
     assert [name for name in WORKER_LIBRARIES if name in modules] == []
     assert [name for name in WIRING if name in modules] == []
+    # Nor a database driver: the store in use is built by pipeline.service.
+    assert [name for name in ("pymongo", "bson") if name in modules] == []
 
 
 def imported_modules(path: Path) -> set[str]:
