@@ -1,12 +1,12 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /api/v1/openapi.json.
 
 Written by hand next to the routes it describes, with an example for every
-operation and the completion webhook under `webhooks`. The older clients'
-routes stay in `paths` (clients and schemathesis call them) as deprecated
-aliases of their v1 operation: its parameters and answers, without its prose
-and examples. A test validates the document and every example in it, and a
-schemathesis run checks the live app against it (no 5xx, no response that
-breaks it).
+operation (the bodies are in api/openapi_examples.py) and the completion webhook
+under `webhooks`. The older clients' routes stay in `paths` (clients and
+schemathesis call them) as deprecated aliases of their v1 operation: its
+parameters and answers, without its prose and examples. A test validates the
+document and every example in it, and a schemathesis run checks the live app
+against it (no 5xx, no response that breaks it).
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from api.images import DEFAULT_PER_PAGE as DEFAULT_IMAGES_PER_PAGE
+from api.openapi_examples import EXAMPLE_CSV, EXAMPLE_ID, USUAL_ERRORS, Examples
 from api.requests import DEFAULT_LIST_PER_PAGE, MAX_LIST_PAGE, MAX_LIST_PER_PAGE
 from api.resources import DEFAULT_PER_PAGE as DEFAULT_PRODUCTS_PER_PAGE
 from api.resources import MAX_PER_PAGE
 from pipeline.csv_output import FAILURE_COLUMNS
-from pipeline.keys import output_key
-from pipeline.links import Links
 from pipeline.models import ImageStatus, RequestStatus
 from pipeline.options import (
     CONTENT_TYPES,
@@ -103,6 +102,18 @@ def _text(ctype: str, description: str, example: str) -> dict[str, Any]:
     }
 
 
+# An image and its result: the fields an Image (in a products page) and an ImageRow (in
+# the images listing) share.
+IMAGE_RESULT = (
+    "input_url",
+    "status",
+    "output_url",
+    "error",
+    "bytes_in",
+    "bytes_out",
+    "width",
+    "height",
+)
 REQUEST_ID = {
     "name": "request_id",
     "in": "path",
@@ -111,6 +122,9 @@ REQUEST_ID = {
     "schema": {"type": "string"},
 }
 TIME = _nullable({"type": "string", "format": "date-time"})
+# What any route that names a request can answer: no key, no such request (or not this
+# key's), over the rate limit, a backend down.
+REQUEST_ERRORS = ("401", "404", "429", "503")
 
 
 def _schemas() -> dict[str, Any]:
@@ -208,16 +222,7 @@ def _schemas() -> dict[str, Any]:
         "Image": {
             "type": "object",
             "description": "One image of a product, in a status's products page.",
-            "required": [
-                "input_url",
-                "status",
-                "output_url",
-                "error",
-                "bytes_in",
-                "bytes_out",
-                "width",
-                "height",
-            ],
+            "required": list(IMAGE_RESULT),
             "properties": {
                 "input_url": {"type": "string"},
                 "status": {
@@ -486,20 +491,7 @@ def _schemas() -> dict[str, Any]:
         "ImageRow": {
             "type": "object",
             "description": "One image of the request, with where it is in the uploaded file.",
-            "required": [
-                "line",
-                "position",
-                "s_no",
-                "product_name",
-                "input_url",
-                "status",
-                "output_url",
-                "error",
-                "bytes_in",
-                "bytes_out",
-                "width",
-                "height",
-            ],
+            "required": ["line", "position", "s_no", "product_name", *IMAGE_RESULT],
             "properties": {
                 "line": {
                     "type": "integer",
@@ -604,403 +596,19 @@ def _schemas() -> dict[str, Any]:
 SCHEMAS = _schemas()
 
 
-# -- examples ----------------------------------------------------------------------------
-EXAMPLE_ID = "3f0c9a4e6b1d4c2a9e8f7a6b5c4d3e2f"  # the README's two products, three images
-BIG_ID = "9b2e17d04c6a4f8e8d3b5a7c1e0f9d2a"  # 3,000 images, under way
-EXAMPLE_CSV = (
-    "S. No.,Product Name,Input Image Urls\n"
-    '1,SKU1,"https://example.com/image1.jpg,https://example.com/image2.jpg"\n'
-    "2,SKU2,https://example.com/image3.png\n"
-)
+# -- errors ----------------------------------------------------------------------------------
+def _error(ex: Examples, code: str, meaning: str = "", *examples: str) -> dict[str, Any]:
+    """An error response: what `code` means on this route (else what ERROR_CODES says) and
+    its example bodies by summary (else the code's usual ones)."""
+    bodies = ex.errors(*(examples or USUAL_ERRORS[code]))
+    return _json("Error", meaning or ERROR_CODES[code], bodies)
 
 
-class _Examples:
-    """Example bodies, with this server's links and option defaults."""
-
-    def __init__(self, base_url: str, defaults: OptionDefaults | None):
-        self.base = (base_url or "http://localhost:5000").rstrip("/")
-        self.links = Links(self.base)
-        self.status_url = self.links.status(EXAMPLE_ID)
-        self.output_csv_url = self.links.output_csv(EXAMPLE_ID)
-        self.cancel_url = self.links.cancel(EXAMPLE_ID)
-        self.defaults = defaults or OptionDefaults()
-
-    def options(self, fmt: str, max_width: int | None = None) -> dict[str, Any]:
-        return {
-            "format": fmt,
-            "quality": self.defaults.quality_for(fmt),
-            "max_width": max_width,
-            "max_height": None,
-        }
-
-    def media(self, row: int, position: int) -> str:
-        return f"{self.base}/media/{output_key(EXAMPLE_ID, row, position, 'webp')}"
-
-    def accepted(self) -> dict[str, Any]:
-        return {
-            "request_id": EXAMPLE_ID,
-            "status": "pending",
-            "status_url": self.status_url,
-            "output_csv_url": self.output_csv_url,
-            "total_products": 2,
-            "total_images": 3,
-            "options": self.options("webp", 512),
-        }
-
-    def status(self, rid: str, **fields: Any) -> dict[str, Any]:
-        status_url = self.links.status(rid)
-        return {
-            "request_id": rid,
-            "status": "processing",
-            "failures": None,
-            "created_at": "2025-05-01T09:30:00.120000Z",
-            "started_at": "2025-05-01T09:30:00.410000Z",
-            "completed_at": None,
-            "cancel_requested_at": None,
-            "error": None,
-            "waiting_reason": None,
-            "options": self.options("webp", 512),
-            "status_url": status_url,
-            "products_url": f"{status_url}?page=1",
-            "cancel_url": self.links.cancel(rid),
-            "output_csv_url": None,
-            "webhook": None,
-            "dashboard_url": "http://127.0.0.1:8787/status",
-            **fields,
-        }
-
-    def failures(self, rid: str, total: int, *groups: tuple[str, int, str]) -> dict[str, Any]:
-        return {
-            "total": total,
-            "by_reason": [
-                {"reason": reason, "count": count, "example": example}
-                for reason, count, example in groups
-            ],
-            "images_url": f"{self.links.images(rid)}?status=failed",
-            "csv_url": self.links.failures_csv(rid),
-        }
-
-    def processing(self, **changes: Any) -> dict[str, Any]:
-        fields = dict(
-            total_products=1200,
-            total_images=3000,
-            processed_images=1250,
-            succeeded_images=1238,
-            failed_images=12,
-            cancelled_images=0,
-            progress=41.67,
-            images_per_second=25.0,
-            eta_seconds=70.0,
-            failures=self.failures(
-                BIG_ID,
-                12,
-                ("download failed: HTTP 404", 9, "download failed: HTTP 404"),
-                (
-                    "image is NxN = N pixels, over the limit of N",
-                    3,
-                    "image is 9000x9000 = 81000000 pixels, over the limit of 50000000",
-                ),
-            ),
-            updated_at="2025-05-01T09:30:50.470000Z",
-        )
-        return self.status(BIG_ID, **(fields | changes))
-
-    def finished(self) -> dict[str, Any]:
-        failure = "download failed: HTTP 404"
-        return self.status(
-            EXAMPLE_ID,
-            status="completed_with_errors",
-            total_products=2,
-            total_images=3,
-            processed_images=3,
-            succeeded_images=2,
-            failed_images=1,
-            cancelled_images=0,
-            progress=100.0,
-            images_per_second=None,
-            eta_seconds=None,
-            failures=self.failures(EXAMPLE_ID, 1, (failure, 1, failure)),
-            updated_at="2025-05-01T09:30:02.300000Z",
-            completed_at="2025-05-01T09:30:02.300000Z",
-            cancel_url=None,
-            output_csv_url=self.output_csv_url,
-            webhook={
-                "id": f"msg_{EXAMPLE_ID}",
-                "event": "request.completed",
-                "url": "https://example.com/hooks/images",
-                "status": "delivered",
-                "attempt_count": 1,
-                "attempts": [
-                    {
-                        "at": "2025-05-01T09:30:02.410000Z",
-                        "status_code": 200,
-                        "error": None,
-                        "retry_after": None,
-                    }
-                ],
-                "next_attempt_at": None,
-            },
-            products=[
-                {
-                    "row": 1,
-                    "line": 2,
-                    "s_no": "1",
-                    "product_name": "SKU1",
-                    "images": [
-                        self.image("https://example.com/image1.jpg", self.media(0, 0), 48213),
-                        self.image("https://example.com/image2.jpg", self.media(0, 1), 61877),
-                    ],
-                },
-                {
-                    "row": 2,
-                    "line": 3,
-                    "s_no": "2",
-                    "product_name": "SKU2",
-                    "images": [self.image("https://example.com/image3.png", None, None, failure)],
-                },
-            ],
-            page={
-                "page": 1,
-                "per_page": DEFAULT_PRODUCTS_PER_PAGE,
-                "total_products": 2,
-                "next": None,
-            },
-        )
-
-    @staticmethod
-    def image(
-        url: str, output: str | None, bytes_in: int | None, error: str | None = None
-    ) -> dict[str, Any]:
-        return {
-            "input_url": url,
-            "status": "failed" if error else "done",
-            "output_url": output,
-            "error": error,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_in // 5 if bytes_in else None,
-            "width": 512 if bytes_in else None,
-            "height": 384 if bytes_in else None,
-        }
-
-    def cancelling(self) -> dict[str, Any]:
-        # The cancel's answer does not read the failure summary (the status does).
-        return self.processing(cancel_requested_at="2025-05-01T09:30:51.200000Z", failures=None)
-
-    def request_list(self) -> dict[str, Any]:
-        return {
-            "requests": [self.processing(failures=None)],
-            "page": {"page": 1, "per_page": DEFAULT_LIST_PER_PAGE, "total": 1, "next": None},
-        }
-
-    def failed_images(self) -> dict[str, Any]:
-        return {
-            "request_id": EXAMPLE_ID,
-            "status": "failed",
-            "page": 1,
-            "per_page": DEFAULT_IMAGES_PER_PAGE,
-            "total": 1,
-            "next_url": None,
-            "images": [
-                {
-                    "line": 3,
-                    "position": 1,
-                    "s_no": "2",
-                    "product_name": "SKU2",
-                    "input_url": "https://example.com/image3.png",
-                    "status": "failed",
-                    "output_url": None,
-                    "error": "download failed: HTTP 404",
-                    "bytes_in": None,
-                    "bytes_out": None,
-                    "width": None,
-                    "height": None,
-                }
-            ],
-        }
-
-    def all_images(self) -> dict[str, Any]:
-        done = {
-            "line": 2,
-            "position": 1,
-            "s_no": "1",
-            "product_name": "SKU1",
-            "input_url": "https://example.com/image1.jpg",
-            "status": "done",
-            "output_url": self.media(0, 0),
-            "error": None,
-            "bytes_in": 48213,
-            "bytes_out": 9642,
-            "width": 512,
-            "height": 384,
-        }
-        return {
-            **self.failed_images(),
-            "status": None,
-            "per_page": 1,
-            "total": 3,
-            "next_url": f"{self.links.images(EXAMPLE_ID)}?page=2&per_page=1",
-            "images": [done],
-        }
-
-    def output_csv(self) -> str:
-        return (
-            "S. No.,Product Name,Input Image Urls,Output Image Urls\r\n"
-            '1,SKU1,"https://example.com/image1.jpg,https://example.com/image2.jpg",'
-            f'"{self.media(0, 0)},{self.media(0, 1)}"\r\n'
-            "2,SKU2,https://example.com/image3.png,\r\n"
-        )
-
-    @staticmethod
-    def failures_csv() -> str:
-        return (
-            ",".join(FAILURE_COLUMNS) + "\r\n"
-            "3,2,SKU2,https://example.com/image3.png,download failed: HTTP 404\r\n"
-        )
-
-    def event(self) -> dict[str, Any]:
-        return {
-            "event": "request.completed",
-            "request_id": EXAMPLE_ID,
-            "status": "completed_with_errors",
-            "total_images": 3,
-            "processed_images": 3,
-            "failed_images": 1,
-            "succeeded_images": 2,
-            "cancelled_images": 0,
-            "created_at": "2025-05-01T09:30:00.120000Z",
-            "completed_at": "2025-05-01T09:30:02.300000Z",
-            "status_url": self.status_url,
-            "output_csv_url": self.output_csv_url,
-            "error": None,
-        }
-
-    @staticmethod
-    def health(failing: str | None = None) -> dict[str, Any]:
-        def part(name: str, **details: Any) -> dict[str, Any]:
-            broken = name == failing
-            error = "OSError: [Errno 28] No space left on device" if broken else None
-            return {"healthy": not broken, "error": error, **details}
-
-        return {
-            "status": "unavailable" if failing else "ok",
-            "failing": [failing] if failing else [],
-            "records": part("records", description="records: SQLite at data/records.db"),
-            "storage": part("storage", description="storage: file:///srv/imagepipe/objects"),
-            "dask": part(
-                "dask",
-                status="running",
-                workers=2,
-                dashboard="http://127.0.0.1:8787/status",
-                scheduler="tcp://127.0.0.1:8786",
-            ),
-        }
-
-
-def _error_examples(code: str, ex: _Examples) -> dict[str, dict[str, Any]]:
-    """Example error bodies for `code`: summary -> body."""
-    rid = EXAMPLE_ID
-    csv_error = "line 3, column 'Input Image Urls': 'ftp://example.com/a.jpg' is not an http(s) URL"
-    bodies: dict[str, dict[str, dict[str, Any]]] = {
-        "400": {
-            "bad query parameter": {
-                "title": "Invalid parameter",
-                "description": 'The "page" parameter is invalid. The value must be an integer.',
-            }
-        },
-        "401": {
-            "no key": {
-                "title": "API key required",
-                "description": "This service requires an API key. Send it as "
-                "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
-            }
-        },
-        "404": {
-            "unknown request": {
-                "title": "Request not found",
-                "description": f"There is no request with id {rid!r}.",
-            }
-        },
-        "409": {
-            "final already": {
-                "title": "Request already finished",
-                "description": f"Request {rid} is completed; only an unfinished request "
-                "can be cancelled.",
-                "status": "completed",
-            }
-        },
-        "411": {
-            "no length": {
-                "title": "Length required",
-                "description": "Send the upload with a Content-Length header "
-                "(curl -F file=@products.csv does).",
-            }
-        },
-        "413": {
-            "too big": {
-                "title": "Payload too large",
-                "description": "the CSV is over the limit of 10,485,760 bytes "
-                "(MAX_UPLOAD_BYTES); split the file",
-            }
-        },
-        "415": {
-            "not multipart": {
-                "title": "Expected multipart/form-data",
-                "description": "Send the CSV as a multipart form field named 'file', "
-                f"e.g. curl -F file=@products.csv {ex.base}/api/v1/upload",
-            }
-        },
-        "422": {
-            "bad CSV": {
-                "title": "Invalid CSV",
-                "description": csv_error,
-                "line": 3,
-                "row": 3,
-                "column": "Input Image Urls",
-            },
-            "bad option": {
-                "title": "Invalid option",
-                "description": f"quality: must be {MIN_QUALITY}-{MAX_QUALITY}, got 0",
-                "field": "quality",
-            },
-            "bad webhook_url": {
-                "title": "Invalid input",
-                "description": "webhook_url must be an absolute http(s) URL, got 'example.com'",
-            },
-        },
-        "429": {
-            "over the limit": {
-                "title": "Too many requests",
-                "description": "This client is over its rate limit (60 per minute, burst 20); "
-                "retry in 3 s. When polling a status, a request every few seconds is plenty.",
-                "retry_after": 3,
-            }
-        },
-        "503": {
-            "storage down": {
-                "title": "Storage unavailable",
-                "description": "The service's storage is not working right now, so this was "
-                "not done (an upload is not recorded). Try again in a few seconds; GET /health "
-                "says when it is back.",
-                "component": "storage",
-            }
-        },
-    }
-    return bodies[code]
-
-
-def _errors(
-    ex: _Examples, *codes: str, meanings: dict[str, str] | None = None, **examples: Any
-) -> dict[str, Any]:
-    """Error responses; `meanings` says what a code means on this route, when it differs;
-    `examples` (e409=...) replaces a code's example bodies."""
-    return {
-        c: _json(
-            "Error",
-            (meanings or {}).get(c, ERROR_CODES[c]),
-            examples.get(f"e{c}") or _error_examples(c, ex),
-        )
-        for c in codes
-    }
+def _errors(ex: Examples, *codes: str) -> dict[str, Any]:
+    """The usual error responses of `codes`, in code order. A route where a code means
+    something else follows them with its own `"409": _error(ex, "409", ...)`: a key given
+    again keeps its first place, so the answers stay in code order."""
+    return {code: _error(ex, code) for code in sorted(codes)}
 
 
 # -- operations ------------------------------------------------------------------------------
@@ -1059,7 +667,7 @@ def _option_fields(defaults: OptionDefaults | None) -> dict[str, Any]:
     }
 
 
-def _upload(ex: _Examples, defaults: OptionDefaults | None) -> dict[str, Any]:
+def _upload(ex: Examples, defaults: OptionDefaults | None) -> dict[str, Any]:
     return {
         "summary": "Upload a product CSV; processing starts in the background",
         "description": "Multipart form: `file`, and optionally `webhook_url` and the output "
@@ -1112,36 +720,20 @@ def _upload(ex: _Examples, defaults: OptionDefaults | None) -> dict[str, Any]:
     }
 
 
-def _upload_help(ex: _Examples) -> dict[str, Any]:
-    upload = f"{ex.base}/api/v1/upload"
-    fields = ", ".join(("webhook_url", *FIELDS))
+def _upload_help(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "Not an upload: says how to upload (405)",
         "description": "For a browser or a curl without -F that lands on the upload URL: "
         "the answer says how to POST the CSV, with `Allow: POST`.",
         "tags": ["requests"],
         "responses": {
-            "405": _json(
-                "Error",
-                "Uploads are POSTed; the answer says how",
-                {
-                    "how to upload": {
-                        "title": "Method not allowed",
-                        "description": "Upload a CSV with POST, as a multipart form field "
-                        f"named 'file': curl -F file=@products.csv {upload}. Optional "
-                        f"fields: {fields}. The upload page is at {ex.base}/ and the API "
-                        f"documentation at {ex.base}/docs.",
-                        "example": f"curl -F file=@products.csv {upload}",
-                        "docs": f"{ex.base}/docs",
-                    }
-                },
-            ),
+            "405": _error(ex, "405", "Uploads are POSTed; the answer says how", "how to upload"),
             **_errors(ex, "401", "429"),
         },
     }
 
 
-def _status(ex: _Examples) -> dict[str, Any]:
+def _status(ex: Examples) -> dict[str, Any]:
     page_params = [
         {
             "name": "page",
@@ -1169,12 +761,36 @@ def _status(ex: _Examples) -> dict[str, Any]:
                 "The request's status",
                 {"processing": ex.processing(), "finished, ?page=1": ex.finished()},
             ),
-            **_errors(ex, "400", "401", "404", "429", "503"),
+            **_errors(ex, "400", *REQUEST_ERRORS),
         },
     }
 
 
-def _list(ex: _Examples) -> dict[str, Any]:
+def _paging(
+    max_per_page: int, default_per_page: int, max_page: int | None = None
+) -> list[dict[str, Any]]:
+    """The ?page= and ?per_page= of a listing, as its resource parses them."""
+    page_bound = {"maximum": max_page} if max_page else {}
+    return [
+        {
+            "name": "page",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, **page_bound, "default": 1},
+        },
+        {
+            "name": "per_page",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_per_page,
+                "default": default_per_page,
+            },
+        },
+    ]
+
+
+def _list(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "The caller's requests, newest first (everyone's when API_KEYS is unset)",
         "description": "With API keys, a key sees only the requests it made. Without keys the "
@@ -1189,21 +805,7 @@ def _list(ex: _Examples) -> dict[str, Any]:
                 "schema": {"type": "array", "items": {"type": "string", "enum": REQUEST_STATUSES}},
                 "description": "only these statuses; repeat it or separate with commas",
             },
-            {
-                "name": "page",
-                "in": "query",
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PAGE, "default": 1},
-            },
-            {
-                "name": "per_page",
-                "in": "query",
-                "schema": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_LIST_PER_PAGE,
-                    "default": DEFAULT_LIST_PER_PAGE,
-                },
-            },
+            *_paging(MAX_LIST_PER_PAGE, DEFAULT_LIST_PER_PAGE, max_page=MAX_LIST_PAGE),
         ],
         "responses": {
             "200": _json("RequestList", "A page of requests", {"one request": ex.request_list()}),
@@ -1212,7 +814,7 @@ def _list(ex: _Examples) -> dict[str, Any]:
     }
 
 
-def _cancel(ex: _Examples) -> dict[str, Any]:
+def _cancel(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "Cancel an unfinished request",
         "description": "The cancel is recorded and the request ends `cancelled` shortly: "
@@ -1225,21 +827,13 @@ def _cancel(ex: _Examples) -> dict[str, Any]:
             "202": _json(
                 "Status", "Cancel recorded; the status now", {"cancelling": ex.cancelling()}
             ),
-            **_errors(
-                ex,
-                "401",
-                "404",
-                "409",
-                "429",
-                "503",
-                meanings={"409": "The request is final already; its status is named"},
-            ),
+            **_errors(ex, *REQUEST_ERRORS, "409"),
+            "409": _error(ex, "409", "The request is final already; its status is named"),
         },
     }
 
 
-def _delete(ex: _Examples) -> dict[str, Any]:
-    rid = EXAMPLE_ID
+def _delete(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "Delete a finished request: its stored images and CSVs, then its records",
         "description": "Only a final request (cancelled included) can be deleted; cancel an "
@@ -1248,28 +842,13 @@ def _delete(ex: _Examples) -> dict[str, Any]:
         "parameters": [REQUEST_ID],
         "responses": {
             "204": {"description": "Deleted"},
-            **_errors(
-                ex,
-                "401",
-                "404",
-                "409",
-                "429",
-                "503",
-                meanings={"409": "The request is unfinished; cancel it first"},
-                e409={
-                    "unfinished": {
-                        "title": "Request not finished",
-                        "description": f"Request {rid} is processing; cancel it first "
-                        f"(POST {ex.cancel_url}), then delete it.",
-                        "status": "processing",
-                    }
-                },
-            ),
+            **_errors(ex, *REQUEST_ERRORS, "409"),
+            "409": _error(ex, "409", "The request is unfinished; cancel it first", "unfinished"),
         },
     }
 
 
-def _images(ex: _Examples) -> dict[str, Any]:
+def _images(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "A request's images, one page at a time, optionally of one status",
         "description": "Each image with the line of the uploaded file its product is on, its "
@@ -1284,21 +863,7 @@ def _images(ex: _Examples) -> dict[str, Any]:
                 "schema": {"type": "string", "enum": IMAGE_STATUSES},
                 "description": "only images of this status",
             },
-            {
-                "name": "page",
-                "in": "query",
-                "schema": {"type": "integer", "minimum": 1, "default": 1},
-            },
-            {
-                "name": "per_page",
-                "in": "query",
-                "schema": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_PER_PAGE,
-                    "default": DEFAULT_IMAGES_PER_PAGE,
-                },
-            },
+            *_paging(MAX_PER_PAGE, DEFAULT_IMAGES_PER_PAGE),
         ],
         "responses": {
             "200": _json(
@@ -1306,27 +871,15 @@ def _images(ex: _Examples) -> dict[str, Any]:
                 "A page of images, in file order",
                 {"?status=failed": ex.failed_images(), "all, ?per_page=1": ex.all_images()},
             ),
-            **_errors(
-                ex,
-                "400",
-                "401",
-                "404",
-                "429",
-                "503",
-                meanings={"400": "Not an image status, or a bad page or per_page"},
-                e400={
-                    "bad status": {
-                        "title": "Invalid parameter",
-                        "description": 'The "status" parameter is invalid. must be one of '
-                        f"{', '.join(IMAGE_STATUSES)}",
-                    }
-                },
+            **_errors(ex, "400", *REQUEST_ERRORS),
+            "400": _error(
+                ex, "400", "Not an image status, or a bad page or per_page", "bad status"
             ),
         },
     }
 
 
-def _thumbnail(ex: _Examples) -> dict[str, Any]:
+def _thumbnail(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "A small JPEG of an output image, for pages",
         "description": "The output image fitted inside 160x160 (never enlarged), JPEG "
@@ -1353,21 +906,15 @@ def _thumbnail(ex: _Examples) -> dict[str, Any]:
                 "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
             },
             "304": {"description": "Unchanged (If-None-Match matched its ETag)"},
-            **_errors(
-                ex,
-                "401",
-                "404",
-                "429",
-                "503",
-                meanings={
-                    "404": "No such request or image, no output yet, or too large for a thumbnail"
-                },
+            **_errors(ex, *REQUEST_ERRORS),
+            "404": _error(
+                ex, "404", "No such request or image, no output yet, or too large for a thumbnail"
             ),
         },
     }
 
 
-def _failures_csv(ex: _Examples) -> dict[str, Any]:
+def _failures_csv(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "A request's failed images as CSV, for a spreadsheet",
         "description": f"Columns {', '.join(FAILURE_COLUMNS)}: one row per failed "
@@ -1377,13 +924,12 @@ def _failures_csv(ex: _Examples) -> dict[str, Any]:
         "parameters": [REQUEST_ID],
         "responses": {
             "200": _text("text/csv", "CSV", ex.failures_csv()),
-            **_errors(ex, "401", "404", "429", "503"),
+            **_errors(ex, *REQUEST_ERRORS),
         },
     }
 
 
-def _output_csv(ex: _Examples) -> dict[str, Any]:
-    rid = EXAMPLE_ID
+def _output_csv(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "The output CSV: input columns plus Output Image Urls",
         "description": "Output URLs line up with the input URLs; a failed image leaves an "
@@ -1392,27 +938,15 @@ def _output_csv(ex: _Examples) -> dict[str, Any]:
         "parameters": [REQUEST_ID],
         "responses": {
             "200": _text("text/csv", "CSV", ex.output_csv()),
-            **_errors(
-                ex,
-                "401",
-                "404",
-                "409",
-                "429",
-                "503",
-                meanings={"409": "The request is not final yet, or has no output CSV"},
-                e409={
-                    "not final": {
-                        "title": "Not ready",
-                        "description": f"Request {rid} is processing (33.33% done); the "
-                        "output CSV is written when it finishes. Poll its status_url.",
-                    }
-                },
+            **_errors(ex, *REQUEST_ERRORS, "409"),
+            "409": _error(
+                ex, "409", "The request is not final yet, or has no output CSV", "not final"
             ),
         },
     }
 
 
-def _media(ex: _Examples) -> dict[str, Any]:
+def _media(ex: Examples) -> dict[str, Any]:
     return {
         "summary": "An output image (local storage only)",
         "description": "The output_url of an image when the storage is local files; S3 and "
@@ -1435,32 +969,32 @@ def _media(ex: _Examples) -> dict[str, Any]:
                     for f in FORMATS
                 },
             },
-            **_errors(
-                ex,
-                "401",
-                "404",
-                "429",
-                meanings={"404": "No such image, or not visible to this API key"},
-                e404={"no image": {"title": "Not found", "description": "No media at 'x.jpg'."}},
-            ),
+            **_errors(ex, "401", "404", "429"),
+            "404": _error(ex, "404", "No such image, or not visible to this API key", "no image"),
         },
     }
 
 
-def _service(ex: _Examples) -> dict[str, Any]:
-    def html(summary: str, operation_id: str) -> dict[str, Any]:
+def _service(ex: Examples) -> dict[str, Any]:
+    def served(
+        summary: str, operation_id: str, description: str, ctype: str, type_: str
+    ) -> dict[str, Any]:
+        """A page or this document: public, so its only error is the rate limit's."""
         return {
             "summary": summary,
             "tags": ["service"],
             "operationId": operation_id,
             "responses": {
                 "200": {
-                    "description": "HTML",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
+                    "description": description,
+                    "content": {ctype: {"schema": {"type": type_}}},
                 },
                 **_errors(ex, "429"),
             },
         }
+
+    def html(summary: str, operation_id: str) -> dict[str, Any]:
+        return served(summary, operation_id, "HTML", "text/html", "string")
 
     return {
         "/health": {
@@ -1479,25 +1013,20 @@ def _service(ex: _Examples) -> dict[str, Any]:
             }
         },
         "/api/v1/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "tags": ["service"],
-                "operationId": "openapi",
-                "responses": {
-                    "200": {
-                        "description": f"OpenAPI {OPENAPI_VERSION}",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    **_errors(ex, "429"),
-                },
-            }
+            "get": served(
+                "This document",
+                "openapi",
+                f"OpenAPI {OPENAPI_VERSION}",
+                "application/json",
+                "object",
+            )
         },
         "/docs": {"get": html("This document, rendered, with a try-it form", "docs")},
         "/": {"get": html("The upload page", "page")},
     }
 
 
-def _webhooks(ex: _Examples) -> dict[str, Any]:
+def _webhooks(ex: Examples) -> dict[str, Any]:
     def header(name: str, required: bool, description: str, example: str) -> dict[str, Any]:
         return {
             "name": name,
@@ -1603,7 +1132,7 @@ def _without_examples(value: Any) -> Any:
 
 def document(base_url: str = "", defaults: OptionDefaults | None = None) -> dict[str, Any]:
     """`defaults`: the server's option defaults, to state their values (else named by setting)."""
-    ex = _Examples(base_url, defaults)
+    ex = Examples(base_url, defaults)
     upload = {**_upload(ex, defaults), "operationId": "upload"}
     status = {**_status(ex), "operationId": "getRequest"}
     upload_help = {**_upload_help(ex), "operationId": "uploadHelp"}
