@@ -88,11 +88,14 @@ class AccessLog:
         logger: logging.Logger | None = None,
         *,
         quiet_paths: frozenset[str] = frozenset(),
+        address: Callable[[falcon.Request], str] = lambda req: req.remote_addr or "-",
     ):
-        """`quiet_paths`: paths whose answers are logged only when they are errors."""
+        """`quiet_paths`: paths whose answers are logged only when they are errors;
+        `address`: the client's address (api/forwarded.py's, behind proxies)."""
         self.monotonic = monotonic
         self.log = logger or logging.getLogger(ACCESS_LOGGER)
         self.quiet_paths = quiet_paths
+        self.address = address
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context[_STARTED] = self.monotonic()
@@ -109,7 +112,7 @@ class AccessLog:
         media = resp.media if resp.stream is None else None
         request_id = media.get("request_id") if isinstance(media, dict) else None
         line = access_line(
-            req.remote_addr,
+            self.address(req),
             req.method,
             req.path,
             req.query_string,

@@ -18,6 +18,7 @@ import falcon
 from api import docs, errors, openapi
 from api.access_log import AccessLog
 from api.auth import ApiKeys, RequireApiKey
+from api.forwarded import ClientAddresses
 from api.images import FailuresCsv, RequestImages
 from api.limits import RateLimit, rate_limits
 from api.requests import Cancellation, Canceller, Request, Requests
@@ -59,11 +60,13 @@ def create_app(
     dashboard_url: str | None = None,
 ) -> falcon.App:
     """`monotonic` is the rate limiter's clock (seconds); `clock` stamps records."""
-    keys = ApiKeys(settings.api_key_list)
+    # Who is calling: behind TRUSTED_PROXIES, the client they forward for.
+    address = ClientAddresses(settings.trusted_proxy_networks)
+    keys = ApiKeys(settings.api_key_list, address=address)
     # Limit first, so failed key guesses are limited too (by address).
     middleware: list[AccessLog | RateLimit | RequireApiKey] = []
     if settings.access_log:  # first: it times, and logs, every answer the others give too
-        middleware.append(AccessLog(monotonic, quiet_paths=QUIET_PATHS))
+        middleware.append(AccessLog(monotonic, quiet_paths=QUIET_PATHS, address=address))
     # The API's bucket and the images' own (each off when its per-minute setting is 0).
     middleware += rate_limits(settings, keys.client_id, clock=monotonic, open_paths=UNLIMITED_PATHS)
     middleware.append(RequireApiKey(keys, open_paths=PUBLIC_PATHS))

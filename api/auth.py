@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import falcon
 
@@ -32,8 +32,15 @@ def owner_id(key: str) -> str:
 
 
 class ApiKeys:
-    def __init__(self, keys: Iterable[str] = ()):
+    def __init__(
+        self,
+        keys: Iterable[str] = (),
+        *,
+        address: Callable[[falcon.Request], str] = lambda req: req.remote_addr or "-",
+    ):
+        """`address`: the caller's address (api/forwarded.py's, behind proxies)."""
         self._digests = tuple(hashlib.sha256(key.encode()).digest() for key in keys)
+        self._address = address
 
     @property
     def required(self) -> bool:
@@ -47,13 +54,13 @@ class ApiKeys:
         return owner
 
     def client_id(self, req: falcon.Request) -> str:
-        """Whom a rate limit applies to: a valid key, else the peer address.
+        """Whom a rate limit applies to: a valid key, else the client's address.
 
         An unchecked key would let anyone mint a fresh bucket per request by sending
         random keys, so only a configured one counts.
         """
         owner = self.owner(req) if self.required else None
-        return f"key:{owner}" if owner else f"addr:{req.remote_addr}"
+        return f"key:{owner}" if owner else f"addr:{self._address(req)}"
 
     def may_read(self, req: falcon.Request, record: RequestRecord) -> bool:
         # Without keys the API is open (the id is the capability); with keys, a request

@@ -147,6 +147,9 @@ def waitress_options(settings: Settings, connection_limit: int) -> dict[str, obj
         "backlog": BACKLOG,
         "max_request_header_size": MAX_HEADER_BYTES,
         "inbuf_overflow": BODY_IN_MEMORY_BYTES,
+        # waitress drops X-Forwarded-* headers unless it trusts the peer itself; with
+        # TRUSTED_PROXIES the app judges them (api/forwarded.py: only from those peers).
+        "clear_untrusted_proxy_headers": not settings.trusted_proxy_networks,
     }
 
 

@@ -7,6 +7,7 @@ reads os.environ at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -128,6 +129,10 @@ class Settings:
     # Comma-separated keys; when set, every route but /health needs one and each
     # request is visible only to the key that made it. repr=False: never logged.
     api_keys: str = field(default="", repr=False)
+    # Comma-separated addresses or networks (CIDR) of this deployment's own proxies
+    # and load balancers: from them, the client is the rightmost X-Forwarded-For
+    # entry that is not one of them (api/forwarded.py); empty: the peer is the client.
+    trusted_proxies: str = ""
 
     # API connections (README "Protecting the API", "Behind a reverse proxy").
     # waitress keeps every open connection in one event loop and stops accepting
@@ -249,6 +254,10 @@ class Settings:
                     f"{name}_BURST must be at least 1 (set {name}_PER_MINUTE=0 to turn "
                     "that limit off)"
                 )
+        try:
+            self.trusted_proxy_networks  # noqa: B018  (parsed to be checked)
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
         for number, key in enumerate(self.api_key_list, 1):
             # Messages name the key's position, never the key: they end up in logs.
             if len(key) < MIN_API_KEY_CHARS or any(ch.isspace() for ch in key):
@@ -257,6 +266,11 @@ class Settings:
                     "without spaces; make one with "
                     "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """TRUSTED_PROXIES parsed; ValueError naming an entry that is not an address or network."""
+        return parse_networks(self.trusted_proxies)
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
@@ -306,6 +320,22 @@ def _parse(name: str, raw: str, default: object) -> object:
     except ValueError as exc:
         kind = type(default).__name__
         raise ConfigError(f"{name.upper()}={raw!r} is not a valid {kind}") from exc
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """ "10.0.0.0/8, 192.0.2.7" -> networks (an address is a network of one)."""
+    networks = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address or a network (CIDR)") from None
+    return tuple(networks)
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:

@@ -66,6 +66,18 @@ def test_a_request_is_one_line_with_status_duration_and_size(
     assert caplog.records[-1].levelno == logging.INFO
 
 
+def test_behind_a_trusted_proxy_the_line_names_the_client(
+    quiet_settings, store, storage, runner, access
+):
+    behind = replace(quiet_settings, trusted_proxies="10.0.0.2")
+    client = make_client(behind, store, storage, runner)
+    client.simulate_get(
+        "/api/v1/requests", remote_addr="10.0.0.2", headers={"X-Forwarded-For": "198.51.100.9"}
+    )
+    client.simulate_get("/api/v1/requests", remote_addr="172.16.0.9")  # not through it
+    assert [line["client"] for line in access()] == ["198.51.100.9", "172.16.0.9"]
+
+
 def test_an_upload_names_the_request_it_made(quiet_settings, store, storage, runner, access):
     client = make_client(quiet_settings, store, storage, runner)
     answer = upload(client, GOOD_CSV)

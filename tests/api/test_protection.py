@@ -56,6 +56,33 @@ def test_limits_are_per_client(settings, store, storage, runner, clock):
     assert client.simulate_get(path, remote_addr="10.0.0.2").status_code == 404
 
 
+def test_behind_trusted_proxies_each_client_has_its_own_bucket(
+    settings, store, storage, runner, clock
+):
+    behind = replace(settings, trusted_proxies="10.0.0.0/24")
+    client = limited(behind, store, storage, runner, clock, burst=1)
+    path = "/api/v1/status/" + "0" * 32
+
+    def via_balancer(forwarded_for: str) -> int:
+        headers = {"X-Forwarded-For": forwarded_for}
+        return client.simulate_get(path, remote_addr="10.0.0.2", headers=headers).status_code
+
+    assert via_balancer("198.51.100.9") == 404
+    assert via_balancer("198.51.100.9") == 429  # that user's bucket is spent...
+    assert via_balancer("198.51.100.10") == 404  # ...not the other users' behind the balancer
+    # Entries a client writes itself are not believed: no fresh bucket for inventing one.
+    assert via_balancer("203.0.113.77, 198.51.100.9") == 429
+
+
+def test_the_header_is_ignored_without_trusted_proxies(settings, store, storage, runner, clock):
+    client = limited(settings, store, storage, runner, clock, burst=1)
+    path = "/api/v1/status/" + "0" * 32
+    for n, expected in enumerate([404, 429, 429]):
+        spoofed = {"X-Forwarded-For": f"198.51.100.{n}"}
+        answer = client.simulate_get(path, remote_addr="172.16.0.9", headers=spoofed)
+        assert answer.status_code == expected
+
+
 def test_zero_disables_the_limit(settings, store, storage, runner, clock):
     client = limited(settings, store, storage, runner, clock, per_minute=0, burst=1)
     path = "/api/v1/status/" + "0" * 32
@@ -128,6 +155,7 @@ def test_rate_limit_buckets_by_key_not_address(settings, store, storage, runner,
         ({"API_KEYS": "s3cr3t-shh"}, "key 1 must be at least 16"),
         ({"RATE_LIMIT_PER_MINUTE": "-1"}, "RATE_LIMIT_PER_MINUTE"),
         ({"RATE_LIMIT_BURST": "0"}, "RATE_LIMIT_BURST"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,nginx"}, r"TRUSTED_PROXIES: 'nginx' is not an address"),
     ],
 )
 def test_bad_protection_settings_are_named(env, needle):
