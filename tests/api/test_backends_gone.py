@@ -109,6 +109,7 @@ def test_sqlite_file_deleted_uploads_and_reads_answer_503(client, settings):
     settings.sqlite_path.unlink()
 
     assert_unavailable(upload(client, GOOD_CSV), "records")
+    assert stored_files(settings) == []  # its CSV was stored, then removed: no orphan
     # A poller is told the store is down, not that its request does not exist.
     assert_unavailable(client.simulate_get(f"/api/v1/requests/{'a' * 32}"), "records")
     # No new, empty database was started in its place.
