@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from pipeline import manifest
 from pipeline.csv_input import CsvLimits, parse_products
@@ -31,6 +33,8 @@ from pipeline.transform import compress
 from pipeline.worker_memory import tune_allocator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -91,18 +95,51 @@ def process_batch(
     fetcher = Fetcher(spec.fetch, host_gate=limiter_for(spec.hosts).slot)
     # Downloads overlap (network latency hidden); compression happens here, in
     # the task's thread, so CPU parallelism stays what the worker was sized for.
-    with ThreadPoolExecutor(max_workers=min(spec.fetch_concurrency, len(items))) as pool:
-        downloads = {
-            pool.submit(_download, fetcher, item.input_url, cancelled): item for item in items
-        }
-        # An image skipped for a cancel has no result: it stays pending until the
-        # driver marks it cancelled.
-        return [
-            replace(result, row=row, position=position)
-            for done in as_completed(downloads)
-            if (result := _finish(spec, downloads[done], done.result())) is not None
-            for row, position in _slots(downloads[done])
-        ]
+    # An image skipped for a cancel has no result: it stays pending until the
+    # driver marks it cancelled.
+    return [
+        replace(result, row=row, position=position)
+        for item, downloaded in as_fetched(
+            items, lambda i: _download(fetcher, i.input_url, cancelled), spec.fetch_concurrency
+        )
+        if (result := _finish(spec, item, downloaded)) is not None
+        for row, position in _slots(item)
+    ]
+
+
+def as_fetched(
+    items: Sequence[T], fetch: Callable[[T], R], concurrency: int
+) -> Iterator[tuple[T, R]]:
+    """(item, fetch(item)) in the order the fetches end, `concurrency` of them at once.
+
+    At most `concurrency` results are held at any time, fetched or being fetched:
+    a fetch starts only once the caller has taken an earlier one, and a result is
+    let go as soon as the caller has it. Hosts usually deliver faster than a thread
+    converts, so otherwise a batch's downloads would pile up (a batch of 25 MiB
+    files: 800 MB) and stay until the task ends.
+    """
+    if not items:
+        return
+    room = threading.Semaphore(concurrency)
+
+    def held(item: T) -> R:
+        room.acquire()
+        return fetch(item)
+
+    pool = ThreadPoolExecutor(max_workers=min(concurrency, len(items)))
+    try:
+        started = {pool.submit(held, item): item for item in items}
+        for done in as_completed(started):  # it lets go of each future it yields
+            item = started.pop(done)
+            yield item, done.result()
+            room.release()
+    finally:
+        # The caller stopped early (or failed): fetches not started are dropped, and
+        # threads waiting for room are let through to find them gone.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for _ in range(len(items)):
+            room.release()
+        pool.shutdown(wait=True)
 
 
 def _slots(item: ImageItem) -> tuple[tuple[int, int], ...]:
