@@ -41,7 +41,8 @@ from urllib3.exceptions import (
 )
 
 from pipeline import exchange
-from pipeline.errors import AddressRefused, FetchError
+from pipeline.errors import AddressRefused as AddressRefused  # also importable from here
+from pipeline.errors import FetchError
 from pipeline.lookups import Lookups, Resolver
 
 AddressPolicy = Callable[[str], bool]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.errors import OptionError
+from pipeline.errors import OptionError as OptionError  # also importable from here
 from pipeline.image_plan import OUTPUT_SIDE_LIMITS
 
 FORMATS = ("jpeg", "webp", "avif")

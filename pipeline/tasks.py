@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -109,7 +109,7 @@ def process_batch(
 
 def as_fetched(
     items: Sequence[T], fetch: Callable[[T], R], concurrency: int
-) -> Iterator[tuple[T, R]]:
+) -> Generator[tuple[T, R], None, None]:
     """(item, fetch(item)) in the order the fetches end, `concurrency` of them at once.
 
     At most `concurrency` results are held at any time, fetched or being fetched:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from pipeline.netguard import AddressGuard, Resolver, validate_url
+from pipeline.lookups import Resolver
+from pipeline.netguard import AddressGuard, validate_url
 
 
 def check_url(url: str, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo) -> None:

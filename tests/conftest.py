@@ -44,6 +44,7 @@ def mongodb_uri(tmp_path_factory) -> Iterator[str]:
     """
     uri = os.environ.get("MONGODB_URI")
     if uri:
+        client: MongoClient
         with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
             client.admin.command("ping")
         yield uri
@@ -63,5 +64,6 @@ def mongodb_database(mongodb_uri: str) -> Iterator[str]:
     """The name of a database on `mongodb_uri` that no other test uses; dropped after."""
     name = fresh_database_name()
     yield name
+    client: MongoClient
     with MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000) as client:
         client.drop_database(name)

@@ -112,6 +112,7 @@ class SecantusServer:
                     f"secantusd-py exited with {self.process.returncode}:\n{self.logs()}"
                 )
             try:
+                client: MongoClient
                 with MongoClient(self.uri, serverSelectionTimeoutMS=250) as client:
                     client.admin.command("ping")
                     pid = client.admin.command("serverStatus").get("pid")

@@ -51,6 +51,7 @@ class _Base:
     @property
     def base_url(self) -> str:
         host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET address: its host is text
         return f"http://{host}:{port}"
 
     def start(self):
@@ -146,7 +147,9 @@ class WebhookReceiver(_Base):
         with self.arrived:
             if not self.arrived.wait_for(lambda: first() is not None, timeout):
                 raise AssertionError(f"no webhook for {request_id}: {self.deliveries}")
-            return first()
+            found = first()
+            assert found is not None  # deliveries are only ever added to
+            return found
 
 
 class _WebhookHandler(BaseHTTPRequestHandler):

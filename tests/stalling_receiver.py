@@ -25,7 +25,7 @@ class StallingReceiver:
         self.changed = threading.Condition()
         self.released = threading.Event()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("_Server", (_Server,), {"address_family": family})
+        server_class: type[_Server] = type("_Server", (_Server,), {"address_family": family})
         self.server = server_class((host, 0), _Handler)
         self.server.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(

@@ -145,7 +145,7 @@ def test_access_log_off(quiet_settings, store, storage, runner, access):
 
 
 def test_health_is_logged_only_when_unhealthy(quiet_settings, store, storage, runner, access):
-    checks = {"store": {"healthy": True}}
+    checks: dict[str, dict[str, bool | str]] = {"store": {"healthy": True}}
     health = make_client(quiet_settings, store, storage, runner, health=lambda: dict(checks))
     assert health.simulate_get("/health").status_code == 200
     assert access() == []  # load balancers poll it: healthy answers stay out of the log

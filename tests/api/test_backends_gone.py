@@ -12,6 +12,7 @@ import errno
 import io
 import os
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -313,6 +314,13 @@ def test_output_csv_served_from_the_records_while_the_storage_is_full(
     assert not [p for p in stored_files(settings) if "output.csv" in p.name]
 
 
+def ignore_start(
+    status: str, headers: list[tuple[str, str]], exc_info: object = None
+) -> Callable[[bytes], object]:
+    """A WSGI server's start_response, for tests that read only the body."""
+    return lambda data: None
+
+
 def test_output_csv_client_gone_midway_stores_no_partial_csv(settings, store, storage, runner):
     client = make_client(settings, store, storage, runner)
     rid = upload(client, GOOD_CSV).json["request_id"]
@@ -325,9 +333,10 @@ def test_output_csv_client_gone_midway_stores_no_partial_csv(settings, store, st
     )
     store.finish(rid, RequestStatus.COMPLETED_WITH_ERRORS, T0, output_key=output_csv_key(rid))
     app = client.app
-    body = app(testing.create_environ(path=f"/api/v1/output/{rid}.csv"), lambda *_: None)
+    body = app(testing.create_environ(path=f"/api/v1/output/{rid}.csv"), ignore_start)
     chunks = iter(body)
     assert next(chunks).startswith(b"S. No.,Product Name")
+    assert hasattr(body, "close")  # WSGI: a body may have one, which the server then calls
     body.close()  # what the server does when the client hangs up
 
     assert [p.name for p in stored_files(settings)] == ["input.csv"]
@@ -351,11 +360,12 @@ def test_output_csv_of_100k_images_rebuilt_without_holding_its_rows(
 
     tracemalloc.start()
     try:
-        body = app(testing.create_environ(path=f"/api/v1/output/{rid}.csv"), lambda *_: None)
+        body = app(testing.create_environ(path=f"/api/v1/output/{rid}.csv"), ignore_start)
         sent, lines = 0, 0
         for chunk in body:
             sent += len(chunk)
             lines += chunk.count(b"\r\n")
+        assert hasattr(body, "close")
         body.close()
         peak = tracemalloc.get_traced_memory()[1]
     finally:

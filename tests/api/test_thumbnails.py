@@ -4,6 +4,7 @@ page of them; and the images' own rate-limit bucket beside the API's."""
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import replace
 
 import falcon
@@ -56,7 +57,7 @@ def app_with(store, storage, *, keys=(), limits=(), **kw) -> falcon.testing.Test
     return falcon.testing.TestClient(app)
 
 
-def seed(store, storage, outputs: dict[tuple[int, int], bytes | None], owner=None) -> str:
+def seed(store, storage, outputs: Mapping[tuple[int, int], bytes | None], owner=None) -> str:
     """A request whose images at (row, position) have the given stored outputs (None:
     failed), each product's line in the file being row + 2."""
     rows = max(r for r, _ in outputs) + 1

@@ -114,7 +114,8 @@ def run_request(service: Service, receiver: WebhookReceiver, csv: bytes, n: int,
     assert response.status == 202, response.data
     request_id = json.loads(response.data)["request_id"]
 
-    stop, latencies = threading.Event(), []
+    stop = threading.Event()
+    latencies: list[float] = []
     status_url = f"{service.base_url}/api/v1/status/{request_id}"
     pollers = [
         threading.Thread(
@@ -164,9 +165,9 @@ def run_size(n: int, args, images, host: ImageHost, workdir: Path) -> dict:
 
     receiver = WebhookReceiver().start()
     service = Service(workdir / f"data-{n}", WEBHOOK_URL=receiver.url, **service_env(args)).start()
-    monitor = RssMonitor(service.process.pid)
+    monitor = RssMonitor(service.pid)
     monitor.start()
-    host_process, harness = psutil.Process(host.process.pid), psutil.Process()
+    host_process, harness = psutil.Process(host.pid), psutil.Process()
     time.sleep(1.0)  # one sample of the idle service, so start-up CPU is not counted
     cpu_at_start = dict(monitor.cpu)
     host_at_start, harness_at_start = cpu_seconds(host_process), cpu_seconds(harness)

@@ -60,7 +60,8 @@ def _mosaic(sources: list[Image.Image], size: tuple[int, int], rng: random.Rando
             src = rng.choice(sources)
             scale = max(cw / src.width, ch / src.height) * rng.uniform(1.0, 1.4)
             tile = src.resize(
-                (math.ceil(src.width * scale), math.ceil(src.height * scale)), Image.BICUBIC
+                (math.ceil(src.width * scale), math.ceil(src.height * scale)),
+                Image.Resampling.BICUBIC,
             )
             x, y = rng.randrange(tile.width - cw + 1), rng.randrange(tile.height - ch + 1)
             out.paste(tile.crop((x, y, x + cw, y + ch)), (gx * cw, gy * ch))

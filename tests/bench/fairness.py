@@ -118,7 +118,7 @@ def cpu_snapshot(service: Service, host: ImageHost) -> dict[str, float]:
     machine = psutil.cpu_times()
     return {
         "service": own(api) + sum(own(c) for c in api.children(recursive=True)),
-        "image_host": own(psutil.Process(host.process.pid)),
+        "image_host": own(psutil.Process(host.pid)),
         "bench_harness": own(psutil.Process()),
         "machine": machine.user + machine.nice + machine.system + machine.irq + machine.softirq,
     }
@@ -172,6 +172,8 @@ def contended(service, http, csvs: dict[int, bytes], n: int, alone_s: float, hos
     requests = []
     for images, progress, follower in small:
         follower.join()
+        assert follower.final_at is not None, f"not final before the timeout: {follower.last}"
+        assert big.last_running_at is not None, "the big request was never seen unfinished"
         requests.append(
             {
                 "images": images,

@@ -29,10 +29,9 @@ RESAMPLE = RESIZE_FILTER
 
 def _recode(args: tuple[bytes, dict]) -> int:
     data, options = args
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        im = opened if opened.mode in ("RGB", "L") else opened.convert("RGB")
         out = io.BytesIO()
         im.save(out, "JPEG", **options)
     return out.tell()

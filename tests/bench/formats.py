@@ -21,6 +21,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 from pipeline import transform
 from pipeline.options import FORMATS, OutputOptions
@@ -60,7 +61,7 @@ def qualities(args) -> dict[str, int]:
 
 def run(args, images) -> dict:
     data = [im.data for im in images]
-    rows = []
+    rows: list[dict[str, Any]] = []
     processes = os.cpu_count() or 1
     with ProcessPoolExecutor(processes, initializer=_load, initargs=(data,)) as pool:
         # Load every codec in every process before anything is timed.

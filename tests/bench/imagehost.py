@@ -62,5 +62,10 @@ class ImageHost:
         self.process.terminate()
         self.process.join(10)
 
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None, "not started: use the host in a `with`"
+        return self.process.pid
+
     def url(self, n: int, name: str) -> str:
         return f"http://127.0.0.1:{self.port.value}/img/{n}{Path(name).suffix}"

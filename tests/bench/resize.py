@@ -218,13 +218,13 @@ def run(args, service_env: dict[str, str], images, host: ImageHost, workdir: Pat
         # its CPU per image apart: a run of a few URLs, one per shard.
         processes = settings.dask_workers or os.cpu_count() or 1
         startup = run_img2dataset(
-            urls[: 2 * processes], workdir, "startup", args, settings, host.process.pid
+            urls[: 2 * processes], workdir, "startup", args, settings, host.pid
         )
         time.sleep(1.0)  # let the idle service settle
         for r in range(args.resize_repeats):
-            ours.append(run_ours(service, receiver, csv_bytes, n, host.process.pid, args.timeout))
+            ours.append(run_ours(service, receiver, csv_bytes, n, host.pid, args.timeout))
             print(f"  resize512 ours #{r + 1}: {ours[-1]['seconds']:.2f} s", flush=True)
-            theirs.append(run_img2dataset(urls, workdir, r, args, settings, host.process.pid))
+            theirs.append(run_img2dataset(urls, workdir, r, args, settings, host.pid))
             print(
                 f"  resize512 img2dataset #{r + 1}: {theirs[-1]['seconds']:.2f} s "
                 f"(wall {theirs[-1]['wall_seconds']:.2f} s)",

@@ -14,10 +14,11 @@ import random
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from pipeline.errors import RecordStoreError, RequestNotFound
 from pipeline.models import (
@@ -199,6 +200,7 @@ def test_finish_stores_status_output_error_and_time(store: RecordStore):
         "OSError: disk full",
     )
     assert done.completed_at == broken.completed_at == ms(at)
+    assert done.completed_at is not None
     assert done.completed_at.utcoffset() == timedelta(0)
 
 
@@ -1306,7 +1308,8 @@ def test_mongodb_reads_a_request_stored_before_leases(mongodb_uri: str, mongodb_
 
 
 class _WriteAfterRead:
-    """A collection that lets another process write right after each `find_one`."""
+    """A collection that lets another process write right after each `find_one` (a
+    stand-in for a Collection: everything else is passed on to the real one)."""
 
     def __init__(self, collection, write):
         self._collection, self._write = collection, write
@@ -1331,8 +1334,9 @@ def test_mongodb_claim_delivery_misses_a_state_replaced_after_it_was_read(
         store.create_request(new_request())
         store.set_webhook_state("req-1", delivery(T0))
         later = delivery(after(60), attempt_count=1)
-        store.requests = _WriteAfterRead(
-            store.requests, lambda: other.set_webhook_state("req-1", later)
+        store.requests = cast(
+            Collection,
+            _WriteAfterRead(store.requests, lambda: other.set_webhook_state("req-1", later)),
         )
 
         assert store.claim_delivery("req-1", "api-a", T0, LEASE) is None

@@ -131,7 +131,10 @@ class Service:
         self, csv: bytes, path: str = "/api/v1/upload", **fields: str
     ) -> urllib3.BaseHTTPResponse:
         """What `curl -F file=@products.csv URL` sends."""
-        form = {"file": ("products.csv", csv, "text/csv"), **fields}
+        form: dict[str, str | tuple[str, bytes, str]] = {
+            "file": ("products.csv", csv, "text/csv"),
+            **fields,
+        }
         return self.http.request("POST", self.base_url + path, fields=form)
 
     def wait_final(

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import boto3
 import pytest
@@ -21,7 +22,7 @@ from pipeline import cli
 from pipeline.batch import describe_outputs
 from pipeline.models import FINAL_STATUSES
 from pipeline.records.sqlite import SqliteRecordStore
-from pipeline.service import open_storage
+from pipeline.service import Services, open_storage
 from pipeline.settings import Settings
 from tests import imagefactory as images
 from tests.integration.flows import products_csv, slow_images
@@ -57,6 +58,7 @@ def refusal(tmp_path, monkeypatch, capsys):
         try:
             code = cli.main(["run", *args])
         except SystemExit as exc:  # argparse's own refusals
+            assert isinstance(exc.code, int), exc.code
             code = exc.code
         stderr = capsys.readouterr().err
         assert not (tmp_path / "data").exists(), "something was stored"
@@ -86,7 +88,9 @@ def test_run_writes_output_csv_and_exit_code_says_some_failed(tmp_path, image_se
     ]
     assert failures[1][4].startswith("download failed: HTTP 404")
     # Where the outputs are: the links point at the API's /media, so it must run.
-    request_id = re.search(r"/requests/([0-9a-f]{32})/images/", first)[1]
+    found = re.search(r"/requests/([0-9a-f]{32})/images/", first)
+    assert found, first
+    request_id = found[1]
     objects = (tmp_path / "data" / "objects").resolve()
     assert f"failures: {tmp_path / 'out.failures.csv'}" in told
     assert f"images: stored in {objects}/requests/{request_id}/images/" in told
@@ -274,7 +278,9 @@ def test_where_the_outputs_are_says_what_serves_the_links(
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), **environ})
     storage, _ = open_storage(settings)
     request_id = "0" * 32
-    said = describe_outputs(SimpleNamespace(settings=settings, storage=storage), request_id)
+    # A stand-in for Services: describe_outputs reads only its settings and storage.
+    services = cast(Services, SimpleNamespace(settings=settings, storage=storage))
+    said = describe_outputs(services, request_id)
     fill = {"data": tmp_path.resolve(), "folder": f"requests/{request_id}/images"}
     assert said[0] == where.format(**fill)
     assert said[1].startswith(links.format(**fill)), said[1]
@@ -339,6 +345,7 @@ def test_options_choose_the_format_and_the_box(tmp_path, image_server):
         [image] = list(store.iter_images(record.request_id))
     finally:
         store.close()
+    assert record.options is not None
     assert (record.options.format, record.options.max_width) == ("webp", 200)
     assert record.options.quality == Settings().webp_quality
     assert (image.width, image.height) == (200, 150)

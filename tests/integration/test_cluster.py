@@ -53,7 +53,7 @@ def test_request_runs_in_the_cluster_worker_processes(tmp_path, cluster, image_s
         assert len(batches) == 4
         ran_in = {pid_of[t["worker"]] for t in batches}
         assert ran_in <= set(cluster.worker_pids().values())
-        assert service.process.pid not in ran_in
+        assert service.pid not in ran_in
         assert len(ran_in) == 2  # the work was spread over both worker processes
     finally:
         service.stop()

@@ -97,10 +97,10 @@ def closed_by_server(sockets: list[socket.socket], deadline: float) -> dict[sock
     closed: dict[socket.socket, float] = {}
     with selectors.DefaultSelector() as selector:
         for sock in sockets:
-            selector.register(sock, selectors.EVENT_READ)
+            selector.register(sock, selectors.EVENT_READ, data=sock)
         while len(closed) < len(sockets) and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                sock = key.fileobj
+                sock = key.data  # registered as its data: fileobj is typed as any file object
                 try:
                     data = sock.recv(1024)
                 except ConnectionResetError:

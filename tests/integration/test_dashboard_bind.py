@@ -52,6 +52,7 @@ def test_embedded_dashboard_listens_where_configured(dashboard_address, reachabl
     )
     client, description = start_client(settings)
     try:
+        assert client.cluster is not None  # no scheduler address: a LocalCluster of its own
         port = client.cluster.scheduler_info["services"]["dashboard"]
         assert answers(reachable, port)
         assert not answers(unreachable, port)

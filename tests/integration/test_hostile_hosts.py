@@ -13,6 +13,7 @@ import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypedDict
 
 import pytest
 
@@ -29,8 +30,15 @@ from tests.tls import client_context, server_context
 pytestmark = [pytest.mark.integration, pytest.mark.timing]
 
 TOTAL = 2.0
+
+
+class Timeouts(TypedDict):
+    connect_timeout: float
+    read_timeout: float
+
+
 # Per-read timeouts far above the deadline: only the hard deadline can end a drip.
-PATIENT = {"connect_timeout": 5.0, "read_timeout": 30.0}
+PATIENT: Timeouts = {"connect_timeout": 5.0, "read_timeout": 30.0}
 
 # behaviour -> what the reason must say
 CORPUS = {

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -246,7 +247,7 @@ def test_cancel_an_unfinished_request(browser, slow_service, image_server, tmp_p
     # <img> cannot send the key: the page fetched each thumbnail with it.
     for thumb in thumbs:
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", thumb)
-        wait.until(lambda b, t=thumb: decoded(b, t))
+        wait.until(partial(decoded, img=thumb))
         assert thumb.get_attribute("src").startswith("blob:")
     assert sum(image_server.hits.values()) < len(urls)  # nothing new started
 
@@ -268,7 +269,7 @@ def show_every_thumbnail(browser, wait) -> list:
     for thumb in thumbs:
         assert thumb.get_attribute("loading") == "lazy"
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", thumb)
-        wait.until(lambda b, t=thumb: decoded(b, t))
+        wait.until(partial(decoded, img=thumb))
     return thumbs
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline.batch import run_csv
 from pipeline.csv_input import parse_products
 from pipeline.deliveries import Deliveries
+from pipeline.errors import OptionError
 from pipeline.keys import input_csv_key, manifest_key, output_key
 from pipeline.models import (
     ImageResult,
@@ -23,7 +24,7 @@ from pipeline.models import (
     iso,
 )
 from pipeline.notify import WebhookSender
-from pipeline.options import OptionError, OutputOptions
+from pipeline.options import OutputOptions
 from pipeline.outputs import csv_chunks as stored_csv_chunks
 from pipeline.service import build_services
 from pipeline.settings import Settings
@@ -283,6 +284,7 @@ def test_a_request_where_every_image_failed_ends_failed_with_the_common_reason(
     ).encode()
     record = run_csv(services, csv_bytes, progress=False)
     assert record.status is RequestStatus.FAILED
+    assert record.error is not None
     assert record.error.startswith("all 4 images failed; the most common reason (3 of 4): ")
     assert "HTTP 404" in record.error
     # Still an output CSV (every slot empty), with the input's BOM mirrored.

@@ -83,6 +83,7 @@ def deployment(tmp_path_factory, mongodb_uri):
         yield deployment
     finally:
         deployment.stop()
+        client: MongoClient
         with MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000) as client:
             client.drop_database(database)
 
@@ -111,8 +112,11 @@ def shared(tmp_path, mongodb_uri, mongodb_database):
 
 
 def lease_owner(mongodb_uri: str, database: str, request_id: str) -> str | None:
+    client: MongoClient
     with MongoClient(mongodb_uri) as client:
-        return client[database]["requests"].find_one({"_id": request_id})["lease_owner"]
+        record = client[database]["requests"].find_one({"_id": request_id})
+    assert record is not None, f"no record of {request_id}"
+    return record["lease_owner"]
 
 
 def driven_by(service: Service, owner: str | None) -> bool:

@@ -17,9 +17,9 @@ from collections.abc import Callable
 import pytest
 import urllib3
 
-from pipeline.errors import FetchError
+from pipeline.errors import AddressRefused, FetchError
 from pipeline.fetch import FetchConfig, Fetcher
-from pipeline.netguard import AddressRefused, guarded_pool, is_public_address
+from pipeline.netguard import guarded_pool, is_public_address
 from pipeline.notify import WebhookSender
 from tests.addresses import check_url
 from tests.tls import client_context, server_context
@@ -217,7 +217,7 @@ def test_webhook_pool_refuses_private_addresses(webhook_receiver):
     sender = WebhookSender(timeout=2)
     attempt = sender.send(webhook_receiver.url, "msg_1", b'{"event":"request.completed"}')
     assert attempt.outcome == "give_up"  # a refused address is not retried
-    assert "non-public" in attempt.error
+    assert attempt.error is not None and "non-public" in attempt.error
     with pytest.raises(AddressRefused):
         sender.pool.request("POST", webhook_receiver.url, body=b"{}", retries=False)
     assert webhook_receiver.deliveries == []

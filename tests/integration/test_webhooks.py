@@ -113,9 +113,12 @@ def test_delivery_does_not_block_the_caller(store, webhook_receiver):
     webhook_receiver.script = [(503, {})] * 3
     d = deliveries(store, schedule=(0.2, 0.2, 0.2))
     done = threading.Event()
-    threading.Thread(
-        target=lambda: (d.enqueue("r1", webhook_receiver.url, EVENT), done.set())
-    ).start()
+
+    def enqueue() -> None:
+        d.enqueue("r1", webhook_receiver.url, EVENT)
+        done.set()
+
+    threading.Thread(target=enqueue).start()
     assert done.wait(1.0)  # enqueue returns at once; retries happen on the delivery thread
     assert final_state(store, d)["status"] == "delivered"
     d.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator
 
 import pytest
 
@@ -70,6 +71,7 @@ def test_a_caller_that_stops_early_leaves_no_thread_behind():
     host = Host()
     before = threading.active_count()
     results = as_fetched(list(range(100)), host.fetch, 4)
+    assert isinstance(results, Generator)  # what lets a caller close it (typed an Iterator)
     next(results)
     results.close()  # e.g. the task failed while converting
     assert threading.active_count() == before

@@ -95,6 +95,7 @@ def referenced_variables(value: Any) -> dict[str, str]:
     for match in _REFERENCE.finditer(text):
         if match["braced"]:
             braced = _BRACED.fullmatch(match["braced"])
+            assert braced, f"compose cannot read ${{{match['braced']}}}"
             found[braced["name"]] = braced["op"] or ""
         elif match["bare"]:
             found[match["bare"]] = ""

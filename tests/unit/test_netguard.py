@@ -2,8 +2,8 @@ import socket
 
 import pytest
 
-from pipeline.errors import FetchError
-from pipeline.netguard import AddressRefused, is_public_address, validate_url
+from pipeline.errors import AddressRefused, FetchError
+from pipeline.netguard import is_public_address, validate_url
 from tests.addresses import check_url
 
 

@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageStat
 from PIL.JpegImagePlugin import JpegImageFile
 
-from pipeline.errors import ImageRejected, InputError
+from pipeline.errors import ImageRejected, InputError, OptionError
 from pipeline.options import (
     OptionDefaults,
-    OptionError,
     OutputOptions,
     fit_inside,
     resolve_options,
@@ -181,7 +180,9 @@ def test_the_box_applies_to_the_upright_image(orientation):
     result = compress(images.jpeg_oriented(orientation), OutputOptions(max_width=320))
     out = _open(result).convert("RGB")
     assert out.size == (320, 240)
-    r, g, b = out.getpixel((8, 8))
+    pixel = out.getpixel((8, 8))
+    assert isinstance(pixel, tuple)  # an RGB image's pixel
+    r, g, b = pixel
     assert r > 200 and g < 80 and b < 80, (orientation, (r, g, b))
 
 

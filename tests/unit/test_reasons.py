@@ -6,6 +6,7 @@ import http.client
 import ssl
 
 import pytest
+import urllib3.connection
 import urllib3.exceptions as u3
 
 from pipeline import reasons
@@ -80,7 +81,8 @@ def test_a_body_that_inflates_to_nothing_is_named():
 
 def test_connection_errors_lose_urllib3s_reprs():
     refused = ConnectionRefusedError(111, "Connection refused")
-    error = u3.NewConnectionError(object(), "Failed to establish a new connection: [Errno 111]")
+    connection = urllib3.connection.HTTPConnection("receiver", 80)  # never connected
+    error = u3.NewConnectionError(connection, "Failed to establish a new connection: [Errno 111]")
     error.__cause__ = refused
     reason, transient = explain(Progress(timeout=10, peer="receiver"), BUDGET, error)
     assert (reason, transient) == ("connection failed: connection refused", True)

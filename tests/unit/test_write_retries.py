@@ -1,13 +1,17 @@
 """Output writes are retried a bounded number of times."""
 
+from typing import cast
+
 import pytest
 
 from pipeline.errors import StorageError
+from pipeline.storage import Storage
 from pipeline.tasks import WRITE_ATTEMPTS, put_with_retries
 
 
 class FlakyStorage:
-    """Fails the first `failures` writes, then stores (a hand-written fake)."""
+    """Fails the first `failures` writes, then stores (a hand-written fake; put_with_retries
+    calls only put)."""
 
     def __init__(self, failures: int):
         self.failures = failures
@@ -22,14 +26,16 @@ class FlakyStorage:
 
 
 def test_transient_failure_is_retried_with_backoff():
-    storage, waits = FlakyStorage(failures=2), []
-    put_with_retries(storage, "k", b"data", sleep=waits.append)
+    storage = FlakyStorage(failures=2)
+    waits: list[float] = []
+    put_with_retries(cast(Storage, storage), "k", b"data", sleep=waits.append)
     assert storage.objects == {"k": b"data"}
     assert waits == [0.2, 0.4]
 
 
 def test_persistent_failure_raises_after_the_last_attempt():
-    storage, waits = FlakyStorage(failures=99), []
+    storage = FlakyStorage(failures=99)
+    waits: list[float] = []
     with pytest.raises(StorageError, match="throttled"):
-        put_with_retries(storage, "k", b"data", sleep=waits.append)
+        put_with_retries(cast(Storage, storage), "k", b"data", sleep=waits.append)
     assert storage.attempts == WRITE_ATTEMPTS and len(waits) == WRITE_ATTEMPTS - 1
