@@ -168,9 +168,11 @@ def test_a_request_waitress_cannot_parse_gets_a_json_error(service):
 
 
 def test_every_request_is_in_the_access_log(service):
-    assert service.get("/api/v1/requests?per_page=5").status == 200
+    # Answered or refused (this module's tests share one rate-limit bucket), it is logged.
+    status = service.get("/api/v1/requests?per_page=5").status
+    assert status in (200, 429)
     deadline = time.monotonic() + 5
-    line = '127.0.0.1 "GET /api/v1/requests?per_page=5" 200 '
+    line = f'127.0.0.1 "GET /api/v1/requests?per_page=5" {status} '
     while line not in service.logs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert line in service.logs()
