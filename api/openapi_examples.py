@@ -1,6 +1,5 @@
-"""The example bodies of the OpenAPI document (api/openapi.py).
-
-Apart from the document's structure, which names them. They follow the README's
+"""The example bodies of the OpenAPI document, kept apart from its structure
+(api/openapi.py), which names them. They follow the README's
 request (two products, three images, one of them failing) from upload to completion,
 with a large request under way beside it; tests/api/test_openapi.py validates each
 against its schema.
