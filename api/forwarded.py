@@ -19,6 +19,7 @@ import falcon
 
 from pipeline.settings import IPNetwork as Network
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CONTEXT = "client_address"
 
 
@@ -58,10 +59,17 @@ class ClientAddresses:
 
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     try:
-        ip = ipaddress.ip_address(address)
+        ip = _unmapped(ipaddress.ip_address(address))
     except ValueError:
         return False
     return any(ip in network for network in trusted)
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    """`::ffff:10.0.0.2` is 10.0.0.2 (a dual-stack socket's IPv4 peer)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _address(entry: str) -> str | None:
@@ -72,6 +80,6 @@ def _address(entry: str) -> str | None:
     elif host.count(":") == 1:  # IPv4:port
         host = host.partition(":")[0]
     try:
-        return str(ipaddress.ip_address(host))
+        return str(_unmapped(ipaddress.ip_address(host)))
     except ValueError:
         return None

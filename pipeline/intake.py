@@ -3,7 +3,7 @@
 The one way in, shared by the HTTP upload, the CLI and the notebook, so a
 CSV is judged the same everywhere. Nothing is stored or recorded unless the
 whole file is valid; the input is stored before the record, so a record never
-points at a missing CSV, and removed again when the record cannot be written.
+points at a missing CSV, and taken back when the record cannot be written.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 from pipeline.csv_input import CsvLimits, parse_products
 from pipeline.errors import StorageError
 from pipeline.keys import input_csv_key
-from pipeline.models import NewRequest
+from pipeline.models import NewRequest, RequestStatus
 from pipeline.options import DEFAULT_OPTIONS, OutputOptions
 from pipeline.records.base import RecordStore
 from pipeline.storage import Storage
@@ -67,8 +67,26 @@ def accept_csv(
             )
         )
     except BaseException:
-        # Not recorded, so nothing would ever delete it (retention goes by records).
-        with contextlib.suppress(StorageError):
-            storage.delete(key)
+        _withdraw(store, storage, request_id, now)
         raise
     return Accepted(request_id, len(products), total_images, options)
+
+
+WITHDRAWN = "the upload was refused: the record store failed while recording it"
+
+
+def _withdraw(store: RecordStore, storage: Storage, request_id: str, now: datetime) -> None:
+    """Take back what was kept of an upload its client is told failed.
+
+    The CSV would be an orphan (retention goes by records). A store can fail
+    after writing (a MongoDB insert whose answer was lost): a record written
+    anyway is ended `failed`, so no process runs a request its uploader was
+    told was refused; where the store cannot even say, the missing CSV fails
+    such a request at staging. Best effort: the store's error is what the
+    client hears.
+    """
+    with contextlib.suppress(Exception):
+        if store.get_request(request_id) is not None:
+            store.finish(request_id, RequestStatus.FAILED, now, error=WITHDRAWN)
+    with contextlib.suppress(StorageError):
+        storage.delete(input_csv_key(request_id))

@@ -15,12 +15,15 @@ however many of its URLs a CSV lists. Nothing is cached once a lookup ends
 
 Threads are bounded by the callers: a lookup starts only for a caller that is
 waiting, and callers are the fetch and webhook threads. MAX_THREADS is a
-safety net above that; past it a caller waits for a thread, within its time.
+safety net above that; past it a caller waits for a thread, within its time
+(and a caller that joined a lookup whose starter ran out of time first starts
+one itself).
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import socket
 import threading
 import time
@@ -30,7 +33,8 @@ from typing import Any
 
 # socket.getaddrinfo's shape: resolve(host, port, type=...) -> [(family, type, proto, _, sockaddr)]
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
-# Lookups running at once per process, abandoned ones included.
+# Lookups running at once per Lookups (one per address guard: the process's shared
+# download pool has one), abandoned ones included.
 MAX_THREADS = 256
 
 
@@ -39,6 +43,7 @@ class _Lookup:
     done: threading.Event = field(default_factory=threading.Event)
     answer: list[tuple[Any, ...]] | None = None
     error: BaseException | None = None
+    unstarted: bool = False  # no thread came free in its starter's time: nobody asked
 
 
 class Lookups:
@@ -61,29 +66,36 @@ class Lookups:
         """The resolver's answer; TimeoutError if it has none within `timeout` seconds.
 
         The resolver's own errors (socket.gaierror, UnicodeError) are raised as
-        it raised them. `timeout` None: wait as long as the resolver takes.
+        it raised them; no thread to ask on is a socket.gaierror (EAI_AGAIN).
+        `timeout` None, or an address rather than a name: asked directly.
         """
-        if timeout is None:
+        if timeout is None or _is_address(host):
             return list(self._resolve(host, port, type=socket.SOCK_STREAM))
-        if timeout <= 0:
-            raise TimeoutError("no time left to look the name up")
         deadline = self._clock() + timeout
         key = (host, port)
-        with self._lock:
-            lookup = self._in_flight.get(key)
-            first = lookup is None
-            if lookup is None:
-                lookup = self._in_flight[key] = _Lookup()
-        if first:
-            self._start(key, lookup, timeout)
-        if not lookup.done.wait(max(0.0, deadline - self._clock())):
-            raise TimeoutError(f"no answer within {timeout:g}s")
-        if lookup.error is not None:
-            # A copy per caller: one exception object raised in several threads
-            # would collect all their tracebacks.
-            raise copy.copy(lookup.error)
-        assert lookup.answer is not None
-        return list(lookup.answer)
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer within {timeout:g}s")
+            with self._lock:
+                lookup = self._in_flight.get(key)
+                first = lookup is None
+                if lookup is None:
+                    lookup = self._in_flight[key] = _Lookup()
+            if first:
+                self._start(key, lookup, remaining)
+            if not lookup.done.wait(max(0.0, deadline - self._clock())):
+                raise TimeoutError(f"no answer within {timeout:g}s")
+            if lookup.unstarted:
+                if first:
+                    raise TimeoutError(f"no lookup thread free within {timeout:g}s")
+                continue  # whoever started it ran out of time first: start one ourselves
+            if lookup.error is not None:
+                # A copy per caller: one exception object raised in several threads
+                # would collect all their tracebacks.
+                raise copy.copy(lookup.error)
+            assert lookup.answer is not None
+            return list(lookup.answer)
 
     def in_flight(self) -> int:
         with self._lock:
@@ -91,24 +103,24 @@ class Lookups:
 
     def _start(self, key: tuple[str, int], lookup: _Lookup, timeout: float) -> None:
         if not self._threads.acquire(timeout=timeout):
-            self._end(key, lookup, error=TimeoutError("no lookup thread free"))
+            self._end(key, lookup, unstarted=True)
             return
         try:
             threading.Thread(
                 target=self._run, args=(key, lookup), name=f"lookup {key[0]}", daemon=True
             ).start()
-        except BaseException as exc:  # no thread to be had (RuntimeError): say so to all
+        except RuntimeError as exc:  # the process cannot have another thread now
             self._threads.release()
-            self._end(key, lookup, error=exc)
-            raise
+            error = socket.gaierror(socket.EAI_AGAIN, f"no thread to look the name up: {exc}")
+            self._end(key, lookup, error=error)
 
     def _run(self, key: tuple[str, int], lookup: _Lookup) -> None:
         answer: list[tuple[Any, ...]] | None = None
         error: BaseException | None = None
         try:
             answer = list(self._resolve(key[0], key[1], type=socket.SOCK_STREAM))
-        except Exception as exc:  # handed to the callers, raised in their threads
-            error = exc
+        except BaseException as exc:  # handed to the callers, raised in their threads
+            error = exc.with_traceback(None)  # (its frames would keep `lookup` alive)
         finally:
             self._threads.release()
             self._end(key, lookup, answer=answer, error=error)
@@ -120,9 +132,19 @@ class Lookups:
         *,
         answer: list[tuple[Any, ...]] | None = None,
         error: BaseException | None = None,
+        unstarted: bool = False,
     ) -> None:
         with self._lock:
             if self._in_flight.get(key) is lookup:
                 del self._in_flight[key]
-        lookup.answer, lookup.error = answer, error
+        lookup.answer, lookup.error, lookup.unstarted = answer, error, unstarted
         lookup.done.set()
+
+
+def _is_address(host: str) -> bool:
+    """An IP address needs no name server: the resolver answers at once."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

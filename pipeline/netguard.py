@@ -147,12 +147,12 @@ class AddressGuard:
         if not self.allow_private and is_local_name(host):
             raise AddressRefused(f"refused: {host} is this machine {_HINT}")
         current = exchange.current()
+        allowed = current.remaining() if current else None
         try:
-            infos = self._lookups.lookup(host, port, current.remaining() if current else None)
+            infos = self._lookups.lookup(host, port, allowed)
         except TimeoutError as exc:
             # The name server's silence, not the host's: no connection was tried.
-            within = f"{current.progress.timeout:g}s" if current else "time"
-            reason = f"cannot resolve host {host!r}: no answer within {within}"
+            reason = f"cannot resolve host {host!r}: no answer {_within(allowed, current)}"
             raise FetchError(reason, transient=True) from exc  # as a resolver's own timeout
         except UnicodeError as exc:
             raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
@@ -208,6 +208,16 @@ class AddressGuard:
 
 
 _HINT = "(set ALLOW_PRIVATE_NETWORKS=1 only on trusted networks)"
+
+
+def _within(allowed: float | None, current: exchange.Exchange | None) -> str:
+    """The time a lookup had: the whole deadline, or what earlier attempts left of it."""
+    total = current.progress.timeout if current else None
+    if total is None or allowed is None:
+        return "in time"
+    if allowed >= total - 0.5:
+        return f"within {total:g}s"
+    return f"in the {max(allowed, 0.0):.1f}s left of {total:g}s"
 
 
 class _PinnedConnection:

@@ -97,14 +97,18 @@ def process_batch(
     # the task's thread, so CPU parallelism stays what the worker was sized for.
     # An image skipped for a cancel has no result: it stays pending until the
     # driver marks it cancelled.
-    return [
-        replace(result, row=row, position=position)
-        for item, downloaded in as_fetched(
-            items, lambda i: _download(fetcher, i.input_url, cancelled), spec.fetch_concurrency
-        )
-        if (result := _finish(spec, item, downloaded)) is not None
-        for row, position in _slots(item)
-    ]
+    fetched = as_fetched(
+        items, lambda i: _download(fetcher, i.input_url, cancelled), spec.fetch_concurrency
+    )
+    # Closed on the way out whatever happens: a failure in _finish must not leave
+    # download threads waiting until the exception object is collected.
+    with contextlib.closing(fetched):
+        return [
+            replace(result, row=row, position=position)
+            for item, downloaded in fetched
+            if (result := _finish(spec, item, downloaded)) is not None
+            for row, position in _slots(item)
+        ]
 
 
 def as_fetched(
@@ -121,9 +125,12 @@ def as_fetched(
     if not items:
         return
     room = threading.Semaphore(concurrency)
+    stopping = threading.Event()
 
     def held(item: T) -> R:
         room.acquire()
+        if stopping.is_set():  # the caller is gone: nobody would take this one
+            raise _Abandoned
         return fetch(item)
 
     pool = ThreadPoolExecutor(max_workers=min(concurrency, len(items)))
@@ -135,11 +142,17 @@ def as_fetched(
             room.release()
     finally:
         # The caller stopped early (or failed): fetches not started are dropped, and
-        # threads waiting for room are let through to find them gone.
+        # threads waiting for room are let through to give theirs up; only fetches
+        # already under way are waited for.
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         for _ in range(len(items)):
             room.release()
         pool.shutdown(wait=True)
+
+
+class _Abandoned(Exception):
+    """A fetch not started because the caller of `as_fetched` stopped taking results."""
 
 
 def _slots(item: ImageItem) -> tuple[tuple[int, int], ...]:

@@ -24,6 +24,7 @@ from pipeline.completion import Completion
 from pipeline.deliveries import Deliveries
 from pipeline.errors import RecordStoreError
 from pipeline.health import Backends
+from pipeline.intake import WITHDRAWN
 from pipeline.keys import output_csv_key, output_key
 from pipeline.links import Links
 from pipeline.models import ImageItem, ImageResult, NewRequest, RequestStatus
@@ -375,3 +376,28 @@ def test_output_csv_of_100k_images_rebuilt_without_holding_its_rows(
     assert len(storage.get(output_csv_key(rid))) == sent
     # A page of records and a chunk of CSV at a time: the whole file would not fit.
     assert peak < sent / 2, (sent, peak)
+
+
+class AnswerLost(SqliteRecordStore):
+    """A store that writes the request, then fails to say so (a MongoDB insert whose
+    answer the network lost)."""
+
+    def create_request(self, new: NewRequest) -> None:
+        super().create_request(new)
+        raise RecordStoreError("the connection closed before the answer")
+
+
+def test_an_upload_refused_after_its_record_was_written_is_not_run(settings, storage, runner):
+    store = AnswerLost(settings.sqlite_path)
+    try:
+        client = make_client(settings, store, storage, runner)
+        assert_unavailable(upload(client, GOOD_CSV), "records")
+        request_id = f"{1:032x}"  # make_client's first id
+        record = store.get_request(request_id)
+        assert record is not None
+        # Its client was told 503: ended, so no sweep runs it, and its CSV is gone.
+        assert (record.status, record.error) == (RequestStatus.FAILED, WITHDRAWN)
+        assert runner.submitted == []
+        assert stored_files(settings) == []
+    finally:
+        store.close()

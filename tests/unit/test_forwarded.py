@@ -32,6 +32,10 @@ PROXIES = parse_networks("10.0.0.0/8, 192.168.1.7")
         ("10.0.0.2", "garbage, 10.1.2.3", "10.1.2.3"),
         # Every hop ours (a check from inside): the leftmost of them.
         ("10.0.0.2", "10.9.9.9", "10.9.9.9"),
+        # IPv4 written as IPv6 (a dual-stack socket's peer, a proxy's hop) is IPv4.
+        ("::ffff:10.0.0.2", "198.51.100.9", "198.51.100.9"),
+        ("10.0.0.2", "198.51.100.9, ::ffff:10.0.0.3", "198.51.100.9"),
+        ("10.0.0.2", "::ffff:198.51.100.9", "198.51.100.9"),
         # Our proxy without the header: itself.
         ("10.0.0.2", None, "10.0.0.2"),
         ("10.0.0.2", "", "10.0.0.2"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -119,3 +120,59 @@ def test_past_the_thread_limit_a_caller_waits_within_its_time():
     finally:
         gate.set()
     assert lookups.lookup("second.test", 80, 5.0) == ANSWER  # the thread came back
+
+
+@pytest.mark.timing
+def test_a_caller_with_more_time_starts_the_lookup_its_starter_gave_up_on():
+    # One thread, held by a silent name server for about 0.5 s.
+    hold = threading.Event()
+    lookups = Lookups(Resolver(hold), max_threads=1)
+    with pytest.raises(TimeoutError):
+        lookups.lookup("held.test", 80, 0.05)
+    threading.Timer(0.5, hold.set).start()
+    with ThreadPoolExecutor(2) as pool:
+        hasty = pool.submit(lookups.lookup, "shop.test", 80, 0.2)  # waits for the thread...
+        time.sleep(0.05)
+        patient = pool.submit(lookups.lookup, "shop.test", 80, 5.0)  # ...and joins it
+        with pytest.raises(TimeoutError, match="no lookup thread free"):
+            hasty.result()
+        assert patient.result() == ANSWER  # not handed the hasty caller's failure
+
+
+def test_a_resolver_that_raises_anything_reaches_the_callers_as_itself():
+    class Interrupted(BaseException):
+        pass
+
+    lookups = Lookups(Resolver(error=Interrupted("stop")))
+    with pytest.raises(Interrupted, match="stop"):
+        lookups.lookup("images.test", 80, 5.0)
+
+
+def test_an_address_is_asked_directly(monkeypatch):
+    resolver = Resolver()
+    lookups = Lookups(resolver)
+
+    def no_thread(*args, **kwargs):
+        raise AssertionError("an address needs no lookup thread")
+
+    monkeypatch.setattr("pipeline.lookups.threading.Thread", no_thread)
+    assert lookups.lookup("127.0.0.1", 80, 5.0) == ANSWER
+    assert lookups.lookup("::1", 80, 5.0) == ANSWER
+    assert resolver.calls == [("127.0.0.1", 80), ("::1", 80)]
+
+
+def test_no_thread_to_be_had_is_a_temporary_resolution_failure(monkeypatch):
+    class NoThread:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self):
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr("pipeline.lookups.threading.Thread", NoThread)
+    lookups = Lookups(Resolver())
+    with pytest.raises(socket.gaierror) as caught:
+        lookups.lookup("images.test", 80, 5.0)
+    assert caught.value.errno == socket.EAI_AGAIN
+    assert "can't start new thread" in str(caught.value)
+    assert lookups.in_flight() == 0

@@ -1,4 +1,5 @@
 import socket
+import threading
 
 import pytest
 
@@ -156,3 +157,28 @@ def test_numeric_spellings_are_judged_by_what_getaddrinfo_makes_of_them(host):
 
     with pytest.raises(AddressRefused, match=r"non-public address (127\.0\.0\.1|0\.0\.0\.0)"):
         check_url(f"http://{host}/a.jpg", allow_private=False, resolve=numeric)
+
+
+def test_a_late_lookup_says_how_much_time_it_had():
+    # 29.8 s of a 30 s download already spent (a retry, a redirect hop) when the lookup starts.
+    from pipeline.exchange import Alarm, Exchange
+    from pipeline.netguard import AddressGuard
+
+    released = threading.Event()
+
+    def silent(host, port, type=0):
+        released.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    now = [0.0]
+    guard = AddressGuard(allow_private=True, resolve=silent)
+    try:
+        with Exchange(30.0, alarm=Alarm(clock=lambda: now[0])):
+            now[0] = 29.8
+            with pytest.raises(FetchError) as caught:
+                guard.resolve("slow.test", 80)
+    finally:
+        released.set()
+    left = "no answer in the 0.2s left of 30s"
+    assert caught.value.reason == f"cannot resolve host 'slow.test': {left}"
+    assert caught.value.transient
