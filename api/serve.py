@@ -106,30 +106,46 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Before anything opens files, so the embedded cluster's workers inherit it too.
     connection_limit = make_room(settings.api_connection_limit, log)
-    app, services = build_from_env(settings)
     host = settings.host
+    # The port is bound before anything else starts: taken, it fails here, in a
+    # second, not after a cluster was started; and the embedded cluster's own
+    # (random) ports can never land on it. Nothing is answered until run().
+    app = LaterApp()
+    server = listen(
+        app,
+        host=host,
+        port=settings.port,
+        **waitress_options(settings, connection_limit),
+        # waitress refuses bigger bodies itself (a declared length at once, a
+        # chunked one as it passes the limit), so they are never buffered whole;
+        # its 413 is JSON like the app's own (api.connections.JsonErrorChannel).
+        max_request_body_size=max_body_bytes(settings),
+        ident="imagepipe",
+    )
+    app.app, services = build_from_env(settings)
     try:
         services.start()
         log.info("api: listening on http://%s:%d (HOST, PORT)", host, settings.port)
         log.info("api protection: %s", protection_summary(settings))
         log.info("api connections: %s", connections_summary(settings, connection_limit))
-        serve(
-            app,
-            host=host,
-            port=settings.port,
-            **waitress_options(settings, connection_limit),
-            # waitress refuses bigger bodies itself (a declared length at once, a
-            # chunked one as it passes the limit), so they are never buffered whole;
-            # its 413 is JSON like the app's own (api.connections.JsonErrorChannel).
-            max_request_body_size=max_body_bytes(settings),
-            ident="imagepipe",
-        )
+        server.run()
     finally:
         services.close()
 
 
-def serve(app: falcon.App, **options: Any) -> None:
-    """`waitress.serve`, with the API's JSON body on what waitress refuses itself.
+class LaterApp:
+    """The WSGI app, given to waitress before it is built (see `main`)."""
+
+    app: falcon.App | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        assert self.app is not None, "answered before the app was built"
+        return self.app(environ, start_response)
+
+
+def listen(app: Any, **options: Any) -> Any:
+    """`waitress.serve`'s server, bound and listening but not yet answering (its
+    `.run()` does), with the API's JSON body on what waitress refuses itself.
 
     waitress makes a connection with its server's `channel_class`, and the answer
     to a refused request with that channel's `error_task_class`; each listening
@@ -141,4 +157,4 @@ def serve(app: falcon.App, **options: Any) -> None:
     for dispatcher in server_map.values():
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = JsonErrorChannel
-    server.run()
+    return server

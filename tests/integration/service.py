@@ -52,13 +52,26 @@ class Service:
         }
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=30))
         self.process: subprocess.Popen | None = None
+        # A port picked here can be taken by another process (another test worker's
+        # Dask cluster, say) before the service binds it: then start() picks again.
+        self._own_port = "PORT" not in env
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> Service:
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+                self.env["PORT"] = str(self.port)
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> Service:
         self._log = self.log_path.open("ab")
+        started_at = self._log.tell()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api"],
             cwd=ROOT,
@@ -72,6 +85,10 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._log.close()
+                this_start = self.log_path.read_bytes()[started_at:].decode(errors="replace")
+                if self._own_port and "Address already in use" in this_start:
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.logs()}")
             try:
                 if self.get("/health").status == 200:
@@ -151,3 +168,7 @@ class Service:
         raise AssertionError(
             f"request {request_id} not final after {timeout}s: {seen[-1]}\n{self.logs()}"
         )
+
+
+class PortTaken(Exception):
+    """The port picked for the service was taken before it could bind it."""
