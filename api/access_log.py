@@ -29,6 +29,8 @@ from urllib.parse import quote, unquote_plus
 
 import falcon
 
+from api.forwarded import peer_address
+
 ACCESS_LOGGER = "imagepipe.access"
 REDACTED = "REDACTED"
 ACCESS_LINE = re.compile(
@@ -88,7 +90,7 @@ class AccessLog:
         logger: logging.Logger | None = None,
         *,
         quiet_paths: frozenset[str] = frozenset(),
-        address: Callable[[falcon.Request], str] = lambda req: req.remote_addr or "-",
+        address: Callable[[falcon.Request], str] = peer_address,
     ):
         """`quiet_paths`: paths whose answers are logged only when they are errors;
         `address`: the client's address (api/forwarded.py's, behind proxies)."""

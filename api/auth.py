@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import falcon
 
 from api.errors import ApiKeyRequired
+from api.forwarded import peer_address
 from pipeline.models import RequestRecord
 
 OWNER_HEX_CHARS = 16  # 64 bits: collisions between a handful of keys are not a concern
@@ -36,7 +37,7 @@ class ApiKeys:
         self,
         keys: Iterable[str] = (),
         *,
-        address: Callable[[falcon.Request], str] = lambda req: req.remote_addr or "-",
+        address: Callable[[falcon.Request], str] = peer_address,
     ):
         """`address`: the caller's address (api/forwarded.py's, behind proxies)."""
         self._digests = tuple(hashlib.sha256(key.encode()).digest() for key in keys)

@@ -41,6 +41,11 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
     return hop  # every hop is one of ours (a health check from inside, say)
 
 
+def peer_address(req: falcon.Request) -> str:
+    """The connecting peer's address (the client, where no proxy is trusted)."""
+    return req.remote_addr or "-"
+
+
 class ClientAddresses:
     """`client_address` for a Falcon request, with the configured proxies; memoized."""
 
@@ -51,7 +56,7 @@ class ClientAddresses:
         known: str | None = req.context.get(_CONTEXT)
         if known is None:
             known = client_address(
-                req.remote_addr or "-", req.get_header("X-Forwarded-For"), self.trusted
+                peer_address(req), req.get_header("X-Forwarded-For"), self.trusted
             )
             req.context[_CONTEXT] = known
         return known

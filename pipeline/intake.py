@@ -67,7 +67,7 @@ def accept_csv(
             )
         )
     except BaseException:
-        _withdraw(store, storage, request_id, now)
+        _withdraw(store, storage, request_id, key, now)
         raise
     return Accepted(request_id, len(products), total_images, options)
 
@@ -75,7 +75,9 @@ def accept_csv(
 WITHDRAWN = "the upload was refused: the record store failed while recording it"
 
 
-def _withdraw(store: RecordStore, storage: Storage, request_id: str, now: datetime) -> None:
+def _withdraw(
+    store: RecordStore, storage: Storage, request_id: str, key: str, now: datetime
+) -> None:
     """Take back what was kept of an upload its client is told failed.
 
     The CSV would be an orphan (retention goes by records). A store can fail
@@ -89,4 +91,4 @@ def _withdraw(store: RecordStore, storage: Storage, request_id: str, now: dateti
         if store.get_request(request_id) is not None:
             store.finish(request_id, RequestStatus.FAILED, now, error=WITHDRAWN)
     with contextlib.suppress(StorageError):
-        storage.delete(input_csv_key(request_id))
+        storage.delete(key)
